@@ -1,0 +1,134 @@
+"""Engine configuration: frozen dataclasses, environment overrides, and the one device/dtype decision."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from editx.errors import ValidationError
+
+# Upstream Step-Audio-EditX generation defaults (tts.py: do_sample=True, temperature=0.7, max_length=8192).
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_LENGTH = 8192
+# RepetitionAwareLogitsProcessor in upstream tts.py: window 10, threshold 0.1.
+DEFAULT_REPETITION_WINDOW = 10
+DEFAULT_REPETITION_THRESHOLD = 0.1
+
+BACKENDS = ("auto", "editx", "lite")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = (None, "int8", "bnb8", "bnb4", "awq")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """LM sampling; defaults follow upstream. `temperature=0` means greedy."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = 1.0
+    top_k: int = 0
+    max_length: int = DEFAULT_MAX_LENGTH
+    repetition_window: int = DEFAULT_REPETITION_WINDOW
+    repetition_threshold: float = DEFAULT_REPETITION_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0.0):
+            raise ValidationError(f"temperature must be >= 0, got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValidationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValidationError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.max_length < 2:
+            raise ValidationError(f"max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the Engine needs to load and serve; built once at the edge (CLI, server, tests)."""
+
+    model_dir: Path | None = None  # holds Step-Audio-Tokenizer/ and Step-Audio-EditX/ (upstream layout)
+    backend: str = "auto"  # auto: editx when model_dir is set, lite otherwise
+    device: str = "auto"  # auto|cpu|cuda|cuda:N
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    quantize: str | None = None
+    threads: int | None = None  # torch intra-op threads; None = leave torch's default
+    onnx_threads: int = 1
+    onnx_providers: tuple[str, ...] | None = None  # None: CUDA when available, then CPU
+    allow_tf32: bool = True
+    flow_steps: int = 10
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    cache_dir: Path | None = None  # None: platform user cache dir / editx
+    cache_memory_bytes: int = 512 * 2**20
+    cache_disk_bytes: int = 4 * 2**30
+    cache_enabled: bool = True
+    redis_url: str | None = None
+    max_audio_seconds: float = 600.0
+    queue_size: int = 64
+    max_batch: int = 8
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValidationError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ValidationError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.quantize not in QUANTIZATIONS:
+            allowed = ", ".join(str(q) for q in QUANTIZATIONS)
+            raise ValidationError(f"quantize must be one of {allowed}, got {self.quantize!r}")
+        if self.flow_steps < 1:
+            raise ValidationError(f"flow_steps must be >= 1, got {self.flow_steps}")
+        if self.max_batch < 1 or self.queue_size < 1:
+            raise ValidationError("max_batch and queue_size must be >= 1")
+        if self.model_dir is not None and not isinstance(self.model_dir, Path):
+            object.__setattr__(self, "model_dir", Path(self.model_dir))
+        if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+    @classmethod
+    def from_env(cls, **overrides) -> EngineConfig:
+        """Defaults, then EDITX_* environment variables, then explicit (non-None) overrides."""
+        env: dict = {}
+        if v := os.environ.get("EDITX_MODEL_DIR"):
+            env["model_dir"] = Path(v)
+        if v := os.environ.get("EDITX_BACKEND"):
+            env["backend"] = v
+        if v := os.environ.get("EDITX_DEVICE"):
+            env["device"] = v
+        if v := os.environ.get("EDITX_DTYPE"):
+            env["dtype"] = v
+        if v := os.environ.get("EDITX_CACHE_DIR"):
+            env["cache_dir"] = Path(v)
+        if v := os.environ.get("EDITX_REDIS_URL"):
+            env["redis_url"] = v
+        if v := os.environ.get("EDITX_THREADS"):
+            env["threads"] = int(v)
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
+
+    def with_(self, **changes) -> EngineConfig:
+        return replace(self, **changes)
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "editx" if self.model_dir is not None else "lite"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The one place that turns a device name into a torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValidationError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto → bfloat16 on CUDA, float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
