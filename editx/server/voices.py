@@ -1,0 +1,133 @@
+"""Voice registry: reference clips + transcripts stored once, reused by id.
+
+`VoiceStore` is the interface; `SQLiteVoiceStore` (metadata in SQLite, audio as float32 WAV files
+under the data dir) is the single-host default. Ids are generated here, never taken from uploads,
+and the stored samples are bit-exact copies of the decoded prompt, so prompt-cache keys computed at
+registration match the ones computed at synthesis time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import soundfile as sf
+
+from editx.errors import ValidationError
+from editx.pipeline.types import PromptAudio
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_CHARS = 100
+
+
+class UnknownVoiceError(ValidationError):
+    """No voice with that id."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str
+    name: str
+    prompt_text: str
+    sample_rate: int
+    duration_s: float
+    created_at: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VoiceStore(Protocol):
+    def add(self, name: str, prompt_text: str, audio: PromptAudio) -> Voice: ...
+    def get(self, voice_id: str) -> Voice: ...
+    def list(self) -> list[Voice]: ...
+    def delete(self, voice_id: str) -> None: ...
+    def audio(self, voice_id: str) -> PromptAudio: ...
+
+
+def new_voice_id() -> str:
+    return "voice_" + secrets.token_hex(8)
+
+
+def _check_id(voice_id: str) -> str:
+    # ids are ours: a fixed prefix and hex digits; anything else cannot name a file or a row
+    if not (isinstance(voice_id, str) and voice_id.startswith("voice_") and len(voice_id) == 22
+            and all(c in "0123456789abcdef" for c in voice_id[6:])):
+        raise UnknownVoiceError(f"unknown voice {voice_id!r}; list voices with GET /v1/voices")
+    return voice_id
+
+
+class SQLiteVoiceStore:
+    """SQLite metadata + audio files; safe for threads of one process and for several processes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = Path(data_dir)
+        self.audio_dir = self.dir / "voices"
+        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self._db_path = self.dir / "voices.sqlite3"
+        self._local = threading.local()
+        with self._conn() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS voices (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                      "prompt_text TEXT NOT NULL, sample_rate INTEGER NOT NULL, duration_s REAL NOT NULL, "
+                      "created_at REAL NOT NULL)")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def _path(self, voice_id: str) -> Path:
+        return self.audio_dir / f"{_check_id(voice_id)}.wav"
+
+    def add(self, name: str, prompt_text: str, audio: PromptAudio) -> Voice:
+        name = (name or "").strip()[:MAX_NAME_CHARS] or "voice"
+        prompt_text = (prompt_text or "").strip()
+        if not prompt_text:
+            raise ValidationError("prompt_text (the transcript of the reference clip) is required")
+        voice = Voice(id=new_voice_id(), name=name, prompt_text=prompt_text, sample_rate=audio.sample_rate,
+                      duration_s=round(audio.duration_s, 3), created_at=time.time())
+        path = self._path(voice.id)
+        tmp = path.with_suffix(".tmp")
+        # float32 WAV keeps the decoded samples bit-exact (cache keys stay valid)
+        sf.write(tmp, audio.samples, audio.sample_rate, subtype="FLOAT", format="WAV")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self._conn().execute("INSERT INTO voices VALUES (?,?,?,?,?,?)", (
+            voice.id, voice.name, voice.prompt_text, voice.sample_rate, voice.duration_s, voice.created_at))
+        log.info("voice registered", extra={"voice_id": voice.id, "duration_s": voice.duration_s})
+        return voice
+
+    def get(self, voice_id: str) -> Voice:
+        row = self._conn().execute("SELECT * FROM voices WHERE id=?", (_check_id(voice_id),)).fetchone()
+        if row is None:
+            raise UnknownVoiceError(f"unknown voice {voice_id!r}; list voices with GET /v1/voices")
+        return Voice(*row)
+
+    def list(self) -> list[Voice]:
+        rows = self._conn().execute("SELECT * FROM voices ORDER BY created_at").fetchall()
+        return [Voice(*r) for r in rows]
+
+    def delete(self, voice_id: str) -> None:
+        self.get(voice_id)
+        self._conn().execute("DELETE FROM voices WHERE id=?", (voice_id,))
+        self._path(voice_id).unlink(missing_ok=True)
+        log.info("voice deleted", extra={"voice_id": voice_id})
+
+    def audio(self, voice_id: str) -> PromptAudio:
+        self.get(voice_id)
+        samples, sr = sf.read(self._path(voice_id), dtype="float32", always_2d=False)
+        return PromptAudio(np.ascontiguousarray(samples, dtype=np.float32), int(sr))
