@@ -29,7 +29,8 @@ class SamplingConfig:
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0
-    max_length: int = DEFAULT_MAX_LENGTH
+    max_length: int = DEFAULT_MAX_LENGTH  # prompt + generated, as upstream's generate(max_length=8192)
+    max_new_tokens: int | None = None  # optional extra cap on generated tokens (tests, warm-up)
     repetition_window: int = DEFAULT_REPETITION_WINDOW
     repetition_threshold: float = DEFAULT_REPETITION_THRESHOLD
 
@@ -42,6 +43,8 @@ class SamplingConfig:
             raise ValidationError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if self.max_length < 2:
             raise ValidationError(f"max_length must be >= 2, got {self.max_length}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValidationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 @dataclass(frozen=True)
