@@ -103,7 +103,7 @@ def fingerprint_files(paths: Iterable[str | os.PathLike], *, full: bool = False)
     Fast mode (default) hashes, per file: its name relative to the files' common folder, its size,
     its mtime in ns, and its first and last MiB. Opening a multi-GB checkpoint then costs two small
     reads instead of reading every byte (seconds to minutes at start-up); per-file results are memoized
-    per (path, size, mtime) for the life of the process. The trade-off: an edit in the middle of a file
+    per (path, size, mtime, ctime, inode) for the life of the process. The trade-off: an edit in the middle of a file
     that keeps its size and mtime goes unnoticed, and the fingerprint differs between copies of the
     same files with different mtimes (e.g. two hosts that downloaded the model separately).
 
@@ -120,7 +120,8 @@ def fingerprint_files(paths: Iterable[str | os.PathLike], *, full: bool = False)
             st = path.stat()
         except OSError as exc:
             raise ModelFilesError(f"cannot read model file {path}: {exc}") from exc
-        stamp = (str(path), st.st_size, st.st_mtime_ns, full)
+        # ctime and inode also key the memo: `os.utime` cannot put them back after an edit.
+        stamp = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, full)
         with _memo_lock:
             digest = _memo.get(stamp)
         if digest is None:
