@@ -1,0 +1,235 @@
+"""Decode user audio once (any common format) to mono float32, and encode results for clients.
+
+Decoding tries libsndfile (soundfile: wav, flac, ogg/vorbis, opus, mp3) and falls back to FFmpeg
+(PyAV: m4a/aac, webm, opus in other containers, …). Channels are averaged to mono, as upstream does
+(`wav.mean(dim=0)`). Every problem with the input surfaces as one AudioError line naming the source.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import soundfile as sf
+
+from editx.audio.features import resample
+from editx.errors import AudioError, ValidationError
+
+log = logging.getLogger(__name__)
+
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384000
+ENCODE_FORMATS = ("wav", "flac", "mp3", "opus", "pcm")
+# Rates the encoders accept; other rates are resampled to the fallback first.
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+ENCODE_FALLBACK_RATE = 48000
+MP3_BITRATE = 128_000
+OPUS_BITRATE = 64_000
+UNKNOWN_SIZE = 0xFFFFFFFF  # RIFF/data size for a WAV stream whose length is not known yet
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """Decoded mono audio: samples (N,) float32, finite, at `sample_rate` Hz."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[0] / self.sample_rate
+
+
+Source = str | Path | bytes | bytearray | memoryview | BinaryIO
+
+
+def _describe(src: Source) -> str:
+    if isinstance(src, (str, Path)):
+        return Path(src).name
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<{len(src)} bytes>"
+    name = getattr(src, "name", None)
+    return Path(name).name if isinstance(name, str) else "<stream>"
+
+
+def _open_bytes(src: Source, label: str) -> bytes:
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            raise AudioError(f"{label}: file not found ({path}); check the path")
+        data = path.read_bytes()
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+    elif hasattr(src, "read"):
+        data = src.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise AudioError(f"{label}: the stream gave {type(data).__name__}, not bytes; open it in 'rb' mode")
+        data = bytes(data)
+    else:
+        raise AudioError(f"audio source must be a path, bytes or a binary file object, got {type(src).__name__}")
+    if not data:
+        raise AudioError(f"{label}: empty file (0 bytes)")
+    return data
+
+
+def _check_header(label: str, sample_rate: int, channels: int, frames: int | None, max_seconds) -> None:
+    if channels < 1:
+        raise AudioError(f"{label}: the audio has no channels")
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{label}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if frames is not None and max_seconds is not None and frames > max_seconds * sample_rate:
+        raise AudioError(f"{label}: audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
+
+
+def _decode_soundfile(data: bytes, label: str, max_seconds) -> tuple[np.ndarray, int] | None:
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None  # not a libsndfile format: let FFmpeg try
+    with f:
+        _check_header(label, f.samplerate, f.channels, f.frames if f.frames > 0 else None, max_seconds)
+        try:
+            block = f.read(dtype="float32", always_2d=True)  # (N, C)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{label}: the audio data is corrupt ({exc})") from exc
+        return block.mean(axis=1, dtype=np.float32), int(f.samplerate)
+
+
+def _decode_ffmpeg(data: bytes, label: str, max_seconds) -> tuple[np.ndarray, int]:
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise AudioError(
+            f"{label}: not audio in a format we can read (wav, flac, ogg, opus, mp3, m4a, webm, …)"
+        ) from exc
+    with container:
+        streams = container.streams.audio
+        if not streams:
+            raise AudioError(f"{label}: the file has no audio stream")
+        stream = streams[0]
+        rate = int(stream.codec_context.sample_rate or 0)
+        _check_header(label, rate, stream.codec_context.channels, None, max_seconds)
+        if max_seconds is not None and stream.duration and stream.time_base:
+            _check_header(label, rate, 1, int(stream.duration * stream.time_base * rate), max_seconds)
+        to_float = av.AudioResampler(format="fltp")  # keep rate and layout, planar float32
+        parts, total = [], 0
+        try:
+            for frame in container.decode(stream):
+                for out in to_float.resample(frame):
+                    planar = out.to_ndarray()  # (C, n)
+                    parts.append(planar.mean(axis=0, dtype=np.float32))
+                    total += planar.shape[1]
+                if max_seconds is not None:
+                    _check_header(label, rate, 1, total, max_seconds)
+            for out in to_float.resample(None):
+                parts.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
+        except (av.FFmpegError, ValueError) as exc:
+            raise AudioError(f"{label}: the audio data is corrupt ({exc.__class__.__name__})") from exc
+    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return samples, rate
+
+
+def load_audio(src: Source, *, max_seconds: float | None = None, name: str | None = None) -> Audio:
+    """Decode `src` (path, bytes or binary file object) to mono float32 at its own sample rate.
+
+    `name` labels error messages (e.g. an upload's file name); by default the path's file name.
+
+    Raises AudioError for a missing or empty file, data that is not audio, no channels, a sample
+    rate outside 1000..384000 Hz, zero samples, NaN/inf samples, or audio longer than max_seconds.
+    """
+    label = name or _describe(src)
+    data = _open_bytes(src, label)
+    decoded = _decode_soundfile(data, label, max_seconds)
+    if decoded is None:
+        decoded = _decode_ffmpeg(data, label, max_seconds)
+        log.debug("decoded %s with FFmpeg", label)
+    samples, rate = decoded
+    if samples.shape[0] == 0:
+        raise AudioError(f"{label}: the file decodes to zero samples")
+    _check_header(label, rate, 1, samples.shape[0], max_seconds)
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{label}: the audio contains NaN or infinite samples")
+    return Audio(samples=np.ascontiguousarray(samples, dtype=np.float32), sample_rate=rate)
+
+
+# ------------------------------------------------------------------------------------------------------
+# encoding
+
+
+def _mono_float(samples, sample_rate: int) -> np.ndarray:
+    x = np.asarray(samples.detach().cpu() if hasattr(samples, "detach") else samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise AudioError(f"encode_audio expects mono samples of shape (N,), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise AudioError("cannot encode audio that contains NaN or infinite samples")
+    if not MIN_SAMPLE_RATE <= int(sample_rate) <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    return np.clip(x, -1.0, 1.0)
+
+
+def _encode_soundfile(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "pcm":
+        sf.write(buf, x, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+    else:
+        sf.write(buf, x, sample_rate, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _encode_ffmpeg(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    rates = MP3_RATES if fmt == "mp3" else OPUS_RATES
+    if sample_rate not in rates:
+        log.debug("%s cannot store %d Hz; resampling to %d Hz", fmt, sample_rate, ENCODE_FALLBACK_RATE)
+        x = np.clip(resample(x, sample_rate, ENCODE_FALLBACK_RATE), -1.0, 1.0)
+        sample_rate = ENCODE_FALLBACK_RATE
+    container_fmt, codec, bitrate = ("mp3", "libmp3lame", MP3_BITRATE) if fmt == "mp3" else (
+        "ogg", "libopus", OPUS_BITRATE)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container_fmt) as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout="mono")
+        stream.bit_rate = bitrate
+        frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def encode_audio(samples, sample_rate: int, fmt: str) -> bytes:
+    """Encode mono float samples (clipped to [-1, 1]) as wav/flac (16-bit), mp3, opus (in ogg) or raw
+    pcm (s16le, no header). mp3/opus at a rate their codec lacks are resampled to 48 kHz first.
+    """
+    fmt = fmt.lower()
+    if fmt not in ENCODE_FORMATS:
+        raise ValidationError(f"unknown audio format {fmt!r}; use one of: {', '.join(ENCODE_FORMATS)}")
+    x = _mono_float(samples, sample_rate)
+    if fmt in ("wav", "flac", "pcm"):
+        return _encode_soundfile(x, int(sample_rate), fmt)
+    return _encode_ffmpeg(x, int(sample_rate), fmt)
+
+
+def wav_header(sample_rate: int, channels: int = 1, data_bytes: int | None = None) -> bytes:
+    """The 44-byte header of a 16-bit PCM WAV file; data_bytes=None (a stream of unknown length)
+    writes 0xFFFFFFFF as the RIFF and data sizes, which common players read as "until EOF".
+    """
+    block_align = channels * 2
+    if data_bytes is None:
+        riff_size = data_size = UNKNOWN_SIZE
+    else:
+        if data_bytes < 0 or data_bytes + 36 > UNKNOWN_SIZE:
+            raise ValueError(f"data_bytes {data_bytes} does not fit a WAV header")
+        riff_size, data_size = 36 + data_bytes, data_bytes
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", riff_size, b"WAVE", b"fmt ", 16, 1, channels, sample_rate,
+        sample_rate * block_align, block_align, 16, b"data", data_size,
+    )
+
