@@ -1,0 +1,263 @@
+"""CosyVoice flow matching for Step-Audio-EditX: token encoder + DiT estimator + Euler solver with CFG.
+
+Follows stepvocoder/cosyvoice2/flow/{flow.py, flow_matching.py} (`CausalMaskedDiffWithXvec.inference`,
+`CausalConditionalCFM.forward/solve_euler`) and the `token2wav_nonstream` glue in cli/cosyvoice.py:
+tokens are [prompt ; target] flow rows, the prompt mel is nearest-resized to 2 frames per prompt row
+and conditions the first frames, the ODE starts from a prefix of a fixed noise buffer and the prompt
+frames are dropped from the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editx.decoder.config import FlowConfig
+from editx.decoder.conformer import TokenEncoder
+from editx.decoder.dit import DiT
+from editx.errors import ModelFilesError, ValidationError
+
+log = logging.getLogger(__name__)
+
+FLOW_FILE = "flow.pt"
+NOISE_FRAMES = 50 * 600  # upstream's fixed buffer: 600 s of 50 Hz mel frames
+DEFAULT_NOISE_SEED = 0
+
+
+def cosine_t_span(n_steps: int, *, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n_steps+1,) times 1 - cos(pi/2 * linspace(0, 1)): small steps near the noise end."""
+    t = torch.linspace(0, 1, n_steps + 1, device=device, dtype=dtype)
+    return 1 - torch.cos(t * 0.5 * torch.pi)
+
+
+def guided_velocity(estimator: DiT, x: torch.Tensor, t: torch.Tensor, mu_in: torch.Tensor,
+                    spk_in: torch.Tensor, cond_in: torch.Tensor, cfg_rate: float) -> torch.Tensor:
+    """(1+w)·v(x|cond) − w·v(x|∅), both halves in one batch-2 forward; *_in are [cond ; zeros]."""
+    v = estimator(torch.cat([x, x], dim=0), t, mu_in, spk_in, cond_in)
+    v_cond, v_uncond = v.chunk(2, dim=0)
+    return (1.0 + cfg_rate) * v_cond - cfg_rate * v_uncond
+
+
+def solve_euler(estimator: DiT, noise: torch.Tensor, mu: torch.Tensor, spk: torch.Tensor, cond: torch.Tensor,
+                *, n_steps: int = 10, cfg_rate: float = 0.7) -> torch.Tensor:
+    """Integrate dx/dt = guided velocity from t=0 (noise) to t=1 on the cosine schedule; (1, 80, T)."""
+    # noise, mu, cond (1, 80, T); spk (1, 80)
+    t_span = cosine_t_span(n_steps, device=mu.device, dtype=mu.dtype)
+    mu_in = torch.cat([mu, torch.zeros_like(mu)], dim=0)
+    spk_in = torch.cat([spk, torch.zeros_like(spk)], dim=0)
+    cond_in = torch.cat([cond, torch.zeros_like(cond)], dim=0)
+    x = noise
+    # Like upstream, t accumulates dt and each dt is measured from the accumulated t.
+    t, dt = t_span[:1], t_span[1] - t_span[0]
+    for step in range(1, n_steps + 1):
+        x = x + dt * guided_velocity(estimator, x, t, mu_in, spk_in, cond_in, cfg_rate)
+        t = t + dt
+        if step < n_steps:
+            dt = t_span[step + 1] - t
+    return x
+
+
+def make_noise(seed: int = DEFAULT_NOISE_SEED, channels: int = 80, frames: int = NOISE_FRAMES) -> torch.Tensor:
+    """The fixed start-noise buffer (1, channels, frames), float32, drawn once from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((1, channels, frames), generator=gen, dtype=torch.float32)
+
+
+class DualCodebookEmbedding(nn.Module):
+    """One table for both columns; the two lookups are concatenated: (B, T, 2) → (B, T, 2*dim)."""
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens).flatten(-2)
+
+
+class CosyVoiceFlow(nn.Module):
+    """Flow rows + prompt mel + speaker x-vector → mel frames (CausalMaskedDiffWithXvec)."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_embedding = DualCodebookEmbedding(cfg.embed_vocab_size, cfg.embed_dim)
+        self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.output_size)
+        self.encoder = TokenEncoder(cfg.encoder)
+        self.encoder_proj = nn.Linear(cfg.encoder.output_size, cfg.output_size)
+        self.estimator = DiT(cfg.estimator)
+        self.rand_noise: torch.Tensor | None = None  # set by the loader (`set_noise`)
+
+    def set_noise(self, noise: torch.Tensor) -> None:
+        self.rand_noise = noise.to(device=self.encoder_proj.weight.device, dtype=self.encoder_proj.weight.dtype)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Flow rows (1, T, 2) int64 → mu (1, 80, up_rate*T)."""
+        h = self.encoder(self.input_embedding(tokens.clamp(min=0)))
+        return self.encoder_proj(h).transpose(1, 2)
+
+    def speaker(self, spk_emb: torch.Tensor) -> torch.Tensor:
+        """x-vector (1, 192) → (1, 80): L2-normalised, then projected."""
+        return self.spk_embed_affine_layer(F.normalize(spk_emb, dim=1))
+
+    @torch.inference_mode()
+    def inference(self, prompt_tokens: torch.Tensor, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
+                  target_tokens: torch.Tensor, *, n_steps: int = 10, noise: torch.Tensor | None = None,
+                  return_mu: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Mel (80, 2*target rows) for target flow rows, in the voice of the prompt.
+
+        prompt_tokens (Tp, 2), target_tokens (Tt, 2) int64 flow rows; prompt_mel (Tm, 80) at any
+        length (resized to 2*Tp frames); spk_emb (192,). `noise` (1, 80, >=total frames) replaces the
+        fixed buffer. With `return_mu`, also the encoder output (80, total frames).
+        """
+        w = self.encoder_proj.weight
+        if prompt_tokens.ndim != 2 or target_tokens.ndim != 2 or target_tokens.shape[0] == 0:
+            raise ValidationError("flow tokens must be non-empty (rows, 2) tensors (see editx.decoder.tokens)")
+        if prompt_mel.ndim != 2 or prompt_mel.shape[1] != self.cfg.output_size or prompt_mel.shape[0] == 0:
+            raise ValidationError(f"prompt mel must be (frames, {self.cfg.output_size}), got {tuple(prompt_mel.shape)}")
+        tokens = torch.cat([prompt_tokens, target_tokens]).to(w.device, torch.long).unsqueeze(0)  # (1, T, 2)
+        prompt_frames = self.cfg.up_rate * prompt_tokens.shape[0]
+        total = self.cfg.up_rate * tokens.shape[1]
+        if noise is None:
+            if self.rand_noise is None:
+                raise ValidationError("the flow has no noise buffer; load it with load_flow()")
+            noise = self.rand_noise
+        if noise.shape[-1] < total:
+            raise ValidationError(f"{total} mel frames exceed the {noise.shape[-1]}-frame noise buffer "
+                                  f"({noise.shape[-1] // 50} s); split the text into shorter segments")
+        noise = noise[:, :, :total].to(w.device, w.dtype)
+
+        mu = self.encode(tokens)  # (1, 80, total)
+        spk = self.speaker(spk_emb.reshape(1, -1).to(w.device, w.dtype))
+        cond = torch.zeros_like(mu)
+        if prompt_frames:
+            mel = prompt_mel.to(w.device, w.dtype).t().unsqueeze(0)  # (1, 80, Tm)
+            cond[:, :, :prompt_frames] = F.interpolate(mel, size=prompt_frames, mode="nearest")
+        x = solve_euler(self.estimator, noise, mu, spk, cond, n_steps=n_steps, cfg_rate=self.cfg.cfg_rate)
+        out = x[0, :, prompt_frames:]
+        return (out, mu[0]) if return_mu else out
+
+
+# ----------------------------------------------------------------------------- weights
+
+# Official flow.pt key → our module path. Everything not listed keeps its name.
+_KEY_MAP: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.(embed|up_embed)\.out\.0\.", r"encoder.\1.linear."),
+    (r"^encoder\.(embed|up_embed)\.out\.1\.", r"encoder.\1.norm."),
+    (r"^decoder\.estimator\.t_embedder\.mlp\.0\.", "estimator.t_embedder.fc1."),
+    (r"^decoder\.estimator\.t_embedder\.mlp\.2\.", "estimator.t_embedder.fc2."),
+    (r"^decoder\.estimator\.(blocks\.\d+)\.conv\.block\.1\.", r"estimator.\1.conv.conv1."),
+    (r"^decoder\.estimator\.(blocks\.\d+)\.conv\.block\.3\.", r"estimator.\1.conv.norm."),
+    (r"^decoder\.estimator\.(blocks\.\d+)\.conv\.block\.6\.", r"estimator.\1.conv.conv2."),
+    (r"^decoder\.estimator\.(blocks\.\d+|final_layer)\.adaLN_modulation\.1\.", r"estimator.\1.modulation."),
+    (r"^decoder\.estimator\.", "estimator."),
+)
+_INVERSE_MAP: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.(embed|up_embed)\.linear\.", r"encoder.\1.out.0."),
+    (r"^encoder\.(embed|up_embed)\.norm\.", r"encoder.\1.out.1."),
+    (r"^estimator\.t_embedder\.fc1\.", "decoder.estimator.t_embedder.mlp.0."),
+    (r"^estimator\.t_embedder\.fc2\.", "decoder.estimator.t_embedder.mlp.2."),
+    (r"^estimator\.(blocks\.\d+)\.conv\.conv1\.", r"decoder.estimator.\1.conv.block.1."),
+    (r"^estimator\.(blocks\.\d+)\.conv\.norm\.", r"decoder.estimator.\1.conv.block.3."),
+    (r"^estimator\.(blocks\.\d+)\.conv\.conv2\.", r"decoder.estimator.\1.conv.block.6."),
+    (r"^estimator\.(blocks\.\d+|final_layer)\.modulation\.", r"decoder.estimator.\1.adaLN_modulation.1."),
+    (r"^estimator\.", "decoder.estimator."),
+)
+
+
+def _apply_map(key: str, table: tuple[tuple[str, str], ...]) -> str:
+    for pattern, repl in table:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def to_model_key(official: str) -> str:
+    return _apply_map(official, _KEY_MAP)
+
+
+def to_official_key(ours: str) -> str:
+    return _apply_map(ours, _INVERSE_MAP)
+
+
+def _short_list(keys: list[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, source: str = FLOW_FILE) -> None:
+    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly."""
+    expected = dict(model.state_dict(keep_vars=True))
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, tensor in state.items():
+        ours = to_model_key(key)
+        if ours in expected:
+            mapped[ours] = tensor
+        else:
+            unexpected.append(key)
+    missing = [to_official_key(k) for k in expected if k not in mapped]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short_list(unexpected)}")
+        raise ModelFilesError(f"{source} does not match cosyvoice.yaml's flow ({'; '.join(parts)}); "
+                              "use the flow.pt and cosyvoice.yaml from the same CosyVoice-300M-25Hz folder")
+    wrong = [f"{to_official_key(k)} {tuple(t.shape)} (config wants {tuple(expected[k].shape)})"
+             for k, t in mapped.items() if t.shape != expected[k].shape]
+    if wrong:
+        raise ModelFilesError(f"{source} tensor shapes disagree with cosyvoice.yaml: {_short_list(wrong, 4)}")
+    model.load_state_dict(mapped, strict=True, assign=True)
+
+
+def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, noise_seed: int = DEFAULT_NOISE_SEED) -> CosyVoiceFlow:
+    """Build the flow on the meta device, load flow.pt through the key map, then move to device/dtype."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFilesError(f"{path} not found: CosyVoice-300M-25Hz/ must hold {FLOW_FILE}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as exc:
+        raise ModelFilesError(f"{path} is not a readable torch state dict ({exc}); re-download it") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFilesError(f"{path} must hold a flat state dict of tensors")
+    with torch.device("meta"):
+        model = CosyVoiceFlow(cfg)
+    load_flow_state(model, state, source=str(path))
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.set_noise(make_noise(noise_seed, cfg.output_size))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("loaded flow %s: %.1fM parameters, %s %s", path, n_params / 1e6, device, dtype)
+    return model
+
+
+def flow_param_count(cfg: FlowConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in CosyVoiceFlow(cfg).parameters())
+
+
+__all__ = [
+    "FLOW_FILE",
+    "NOISE_FRAMES",
+    "CosyVoiceFlow",
+    "DualCodebookEmbedding",
+    "cosine_t_span",
+    "guided_velocity",
+    "load_flow",
+    "load_flow_state",
+    "make_noise",
+    "solve_euler",
+    "to_model_key",
+    "to_official_key",
+]
