@@ -12,8 +12,6 @@ from safetensors.torch import load_file
 from editx.audio import features as F
 from editx.errors import AudioError
 
-
-
 AUDIO_GOLDEN = Path(__file__).parent / "golden" / "audio"
 # Every golden matched bit for bit when it was made; the tolerances leave room for other BLAS/FFT
 # builds (float32 sums in a different order) without hiding a wrong constant.
@@ -114,6 +112,17 @@ def test_resample_keeps_a_tone_and_removes_alias():
     y_alias = F.resample(alias.astype(np.float32), sr, 16000)[200:-200]
     assert abs(np.sqrt(np.mean(y_tone**2)) - np.sqrt(0.5)) < 0.01
     assert np.sqrt(np.mean(y_alias**2)) < 5e-3  # > 43 dB below the tone
+
+
+def test_resample_coprime_rates_fall_back_with_the_same_contract(caplog):
+    sr = 44101  # gcd(44101, 16000) = 1: the exact kernel would hold 16000 x 44k values
+    x = np.sin(2 * np.pi * 440 * np.arange(sr) / sr).astype(np.float32)
+    y = F.resample(x, sr, 16000)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (-(-sr * 16000 // sr),)
+    assert abs(np.sqrt(np.mean(y[200:-200] ** 2)) - np.sqrt(0.5)) < 0.01
+    assert "soxr" in caplog.text
+    yt = F.resample(torch.from_numpy(x)[None], sr, 16000)
+    assert yt.shape == (1, 16000)
 
 
 def test_resample_rejects_bad_rates():

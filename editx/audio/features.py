@@ -9,6 +9,7 @@ torch tensors; work happens in float32.
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 
@@ -17,9 +18,14 @@ import torch
 
 from editx.errors import AudioError
 
+log = logging.getLogger(__name__)
+
 # --- resampling: torchaudio.functional.resample defaults (sinc_interp_hann) --------------------------
 RESAMPLE_ZERO_CROSSINGS = 6  # lowpass_filter_width: sinc zero crossings kept on each side
 RESAMPLE_ROLLOFF = 0.99  # cutoff as a fraction of the lower Nyquist frequency
+# Rates with a small gcd (e.g. 44101 -> 16000) need a kernel of new_rate x (orig_rate + taps) values;
+# above this size soxr (very high quality, not bit-exact) is used instead of building it.
+RESAMPLE_MAX_KERNEL = 1 << 24
 
 # --- level and silence: Step-Audio-EditX utils.py (energy_norm_fn, trim_silence), tts.py ------------
 PEAK_TARGET = 0.999  # energy_norm_fn scales the peak to this value ...
@@ -106,16 +112,19 @@ def resample(x, orig_sr: int, new_sr: int, *, kernel_dtype: torch.dtype = torch.
 
     kernel_dtype=float64 reproduces `torchaudio.transforms.Resample` (upstream tokenizer path);
     float32 reproduces `torchaudio.functional.resample` on float32 input (upstream decoder path).
-    The two differ by ~1e-7. Returns the input's type (numpy in, numpy out); output length is
+    The two differ by up to ~1e-5. Returns the input's type (numpy in, numpy out); output length is
     ceil(N * new_sr / orig_sr).
     """
     if int(orig_sr) != orig_sr or int(new_sr) != new_sr or orig_sr <= 0 or new_sr <= 0:
         raise AudioError(f"sample rates must be positive integers, got {orig_sr} -> {new_sr}")
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     wav, was_numpy = _to_tensor(x)
-    if orig_sr != new_sr:
-        g = math.gcd(orig_sr, new_sr)
-        orig, new = orig_sr // g, new_sr // g
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    taps = orig + 2 * math.ceil(RESAMPLE_ZERO_CROSSINGS * orig / (min(orig, new) * RESAMPLE_ROLLOFF))
+    if orig_sr != new_sr and new * taps > RESAMPLE_MAX_KERNEL:
+        wav = _resample_soxr(wav, orig_sr, new_sr)
+    elif orig_sr != new_sr:
         kernel, width = _sinc_kernel(orig, new, kernel_dtype)
         lead = wav.shape[:-1]
         n = wav.shape[-1]
@@ -125,6 +134,18 @@ def resample(x, orig_sr: int, new_sr: int, *, kernel_dtype: torch.dtype = torch.
         out = out.transpose(1, 2).reshape(flat.shape[0], -1)  # (B, F * new), phases interleaved
         wav = out[:, : math.ceil(new * n / orig)].reshape(*lead, -1)
     return wav.numpy() if was_numpy else wav
+
+
+def _resample_soxr(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    import soxr  # only for unusual rate pairs
+
+    log.warning("resampling %d -> %d Hz with soxr: the rates share no useful divisor", orig_sr, new_sr)
+    n = wav.shape[-1]
+    n_out = math.ceil(new_sr * n / orig_sr)
+    flat = wav.detach().cpu().reshape(-1, n).numpy()
+    rows = [soxr.resample(row, orig_sr, new_sr, quality="VHQ")[:n_out] for row in flat]
+    out = np.stack([np.pad(r, (0, n_out - len(r))) for r in rows]).astype(np.float32)
+    return torch.from_numpy(out).reshape(*wav.shape[:-1], n_out).to(wav.device)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -198,7 +219,7 @@ def trim_silence(x, sr: int = 16000):
     """
     y, was_tensor = _to_numpy(x)
     start, end = voiced_span(y)
-    n_units = int(math.ceil((end - start) / TRIM_ROUND))
+    n_units = math.ceil((end - start) / TRIM_ROUND)
     keep_left = int(TRIM_KEEP_LEFT_S * sr)
     first = start - keep_left
     out = y[first:] if first > 0 else np.pad(y, (-first, 0))
@@ -211,23 +232,23 @@ def trim_silence(x, sr: int = 16000):
 # mel filterbanks
 
 
-def _hz_to_slaney_mel(f: np.ndarray) -> np.ndarray:
+# Slaney mel scale (librosa htk=False): linear at 200/3 Hz per mel up to 1 kHz, logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3
+_SLANEY_KNEE_HZ = 1000.0
+_SLANEY_KNEE_MEL = _SLANEY_KNEE_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0  # 27 mels per factor 6.4 in frequency
+
+
+def _hz_to_slaney_mel(f) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
-    linear_step = 200.0 / 3  # Hz per mel below 1 kHz
-    knee_hz, knee_mel = 1000.0, 1000.0 / (200.0 / 3)
-    log_step = math.log(6.4) / 27.0
-    mel = f / linear_step
-    above = f >= knee_hz
-    return np.where(above, knee_mel + np.log(np.maximum(f, knee_hz) / knee_hz) / log_step, mel)
+    log_part = _SLANEY_KNEE_MEL + np.log(np.maximum(f, _SLANEY_KNEE_HZ) / _SLANEY_KNEE_HZ) / _SLANEY_LOG_STEP
+    return np.where(f >= _SLANEY_KNEE_HZ, log_part, f / _SLANEY_HZ_PER_MEL)
 
 
-def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
+def _slaney_mel_to_hz(m) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
-    linear_step = 200.0 / 3
-    knee_hz, knee_mel = 1000.0, 1000.0 / (200.0 / 3)
-    log_step = math.log(6.4) / 27.0
-    hz = linear_step * m
-    return np.where(m >= knee_mel, knee_hz * np.exp(log_step * (m - knee_mel)), hz)
+    log_part = _SLANEY_KNEE_HZ * np.exp(_SLANEY_LOG_STEP * (m - _SLANEY_KNEE_MEL))
+    return np.where(m >= _SLANEY_KNEE_MEL, log_part, _SLANEY_HZ_PER_MEL * m)
 
 
 @lru_cache(maxsize=8)
@@ -315,22 +336,11 @@ def _kaldi_window(kind: str, size: int, device) -> torch.Tensor:
 
 
 def kaldi_fbank(
-    x,
-    sr: int = 16000,
-    num_mel_bins: int = 80,
-    *,
-    frame_length_ms: float = 25.0,
-    frame_shift_ms: float = 10.0,
-    dither: float = 0.0,
-    window: str = "povey",
-    preemphasis: float = KALDI_PREEMPHASIS,
-    remove_dc_offset: bool = True,
-    snip_edges: bool = True,
-    low_freq: float = KALDI_LOW_FREQ,
-    high_freq: float = 0.0,
-    use_energy: bool = False,
-    energy_floor: float = 0.0,
-    generator: torch.Generator | None = None,
+    x, sr: int = 16000, num_mel_bins: int = 80, *,
+    frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0, dither: float = 0.0,
+    window: str = "povey", preemphasis: float = KALDI_PREEMPHASIS, remove_dc_offset: bool = True,
+    snip_edges: bool = True, low_freq: float = KALDI_LOW_FREQ, high_freq: float = 0.0,
+    use_energy: bool = False, energy_floor: float = 1.0, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Kaldi log-mel filterbank, numerically torchaudio.compliance.kaldi.fbank: (frames, num_mel_bins).
 
@@ -381,15 +391,8 @@ def kaldi_fbank(
 
 
 def cosyvoice_mel(
-    x24k,
-    *,
-    sr: int = COSY_SR,
-    n_fft: int = COSY_N_FFT,
-    hop: int = COSY_HOP,
-    win: int = COSY_WIN,
-    n_mels: int = COSY_N_MELS,
-    fmin: float = COSY_FMIN,
-    fmax: float = COSY_FMAX,
+    x24k, *, sr: int = COSY_SR, n_fft: int = COSY_N_FFT, hop: int = COSY_HOP, win: int = COSY_WIN,
+    n_mels: int = COSY_N_MELS, fmin: float = COSY_FMIN, fmax: float = COSY_FMAX,
 ) -> torch.Tensor:
     """The CosyVoice (Matcha) log-mel: (..., n_mels, frames) with frames = (N + 2*pad - n_fft)//hop + 1.
 
