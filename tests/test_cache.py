@@ -8,7 +8,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,7 +210,7 @@ def test_corrupt_file_recomputed_and_replaced(tmp_path, damage):
 
     cache = TieredCache(10**6, tmp_path, 10**7)
     calls = []
-    got, outcome = cache.get_or_compute(KEY, lambda: calls.append(1) or entry)
+    _got, outcome = cache.get_or_compute(KEY, lambda: calls.append(1) or entry)
     assert outcome == "miss" and calls == [1]
     assert cache.stats()["disk"]["corrupt"] == 1
     assert decode_entry(KEY, path.read_bytes()).equal(entry)  # replaced with a valid file
@@ -229,20 +228,26 @@ def test_file_under_wrong_name_is_rejected(tmp_path):
 
 def test_disk_eviction_by_bytes(tmp_path):
     size = len(encode_entry(KEY, make_entry(0)))
-    disk = DiskTier(tmp_path, max_bytes=int(3.5 * size))
+    disk = DiskTier(tmp_path, max_bytes=int(3.5 * size))  # room for 3 entries
     keys = [f"{i:02d}" + "c" * 62 for i in range(6)]
+
+    def stamp(key: str, i: int) -> None:  # explicit, distinct mtimes: no reliance on clock granularity
+        t = 10**18 + i * 10**9
+        os.utime(disk.path(key), ns=(t, t))
+
     for i, key in enumerate(keys[:3]):
         assert disk.put(key, make_entry(i))
-        t = 10**18 + i * 10**9  # distinct, increasing mtimes: oldest first
-        os.utime(disk.path(key), ns=(t, t))
-    assert disk.get(keys[0]) is not None  # a read refreshes the mtime: keys[1] is now the oldest
+        stamp(key, i)
+    assert disk.get(keys[0]) is not None
+    assert disk.path(keys[0]).stat().st_mtime_ns > 10**18 + 2 * 10**9  # a read refreshes the mtime
+    stamp(keys[0], 3)  # keys[0] is now the most recently used of the three
     for i, key in enumerate(keys[3:], start=3):
         assert disk.put(key, make_entry(i))
-    n, total = disk.usage()
-    assert total <= disk.max_bytes and disk.evictions >= 2
-    assert not disk.path(keys[1]).exists()
-    assert disk.path(keys[5]).exists()  # the file just written is never the victim
-    assert disk.path(keys[0]).exists() or disk.evictions >= 3
+        _, total = disk.usage()
+        assert total <= disk.max_bytes
+        stamp(key, i + 1)
+    assert sorted(p.name[:2] for p in tmp_path.iterdir()) == ["03", "04", "05"]  # evicted: 01, 02, 00
+    assert disk.evictions == 3
     assert not disk.put("d" * 64, make_entry(9, n=1000))  # larger than the whole bound: skipped
 
 
@@ -280,7 +285,9 @@ def test_default_cache_dir_and_from_config(tmp_path, monkeypatch):
     monkeypatch.delenv("EDITX_CACHE_DIR")
     assert default_cache_dir().name == "prompts" and "editx" in str(default_cache_dir())
 
-    cache = TieredCache.from_config(EngineConfig(cache_dir=tmp_path, cache_memory_bytes=1000, cache_disk_bytes=5000))
+    cache = TieredCache.from_config(
+        EngineConfig(cache_dir=tmp_path, cache_memory_bytes=1000, cache_disk_bytes=5000)
+    )
     assert cache.tiers == ("memory", "disk") and cache.disk.root == tmp_path / "prompts"
     off = TieredCache.from_config(EngineConfig(cache_enabled=False))
     assert off.tiers == ()
@@ -304,7 +311,7 @@ def _run_leader_and_waiter(cache: TieredCache, leader_compute):
     def call(name, fn):
         try:
             results[name] = cache.get_or_compute(KEY, fn)
-        except BaseException as exc:  # collected for the assertions
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertions
             results[name] = exc
 
     waiter_calls = []
@@ -356,7 +363,9 @@ def test_cross_process_lock_file_makes_waiter_reuse_result(tmp_path):
     assert token is not None and other.try_lock(KEY, ttl_s=60) is None
     cache = TieredCache(10**6, tmp_path, 10**7, poll_s=0.01)
     calls, out = [], {}
-    t = threading.Thread(target=lambda: out.setdefault("r", cache.get_or_compute(KEY, lambda: calls.append(1))))
+    t = threading.Thread(
+        target=lambda: out.setdefault("r", cache.get_or_compute(KEY, lambda: calls.append(1)))
+    )
     t.start()
     wait_until(lambda: cache.stats()["lock_waits"] == 1, "the cache to wait on the lock")
     entry = make_entry(4)

@@ -17,7 +17,8 @@ from editx.errors import ValidationError
 
 KEY = "e" * 64
 needs_server = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="redis-server binary not found (apt-get install redis-server)"
+    shutil.which("redis-server") is None,
+    reason="redis-server binary not found (apt-get install redis-server)",
 )
 
 
@@ -29,7 +30,9 @@ def free_port() -> int:
 
 def make_entry(seed: int) -> CacheEntry:
     g = torch.Generator().manual_seed(seed)
-    return CacheEntry({"mel": torch.randn(20, 80, generator=g), "ids": torch.arange(seed, seed + 30)}, {"seed": seed})
+    return CacheEntry(
+        {"mel": torch.randn(20, 80, generator=g), "ids": torch.arange(seed, seed + 30)}, {"seed": seed}
+    )
 
 
 def wait_until(cond, what: str, limit_s: float = 20.0) -> None:
@@ -46,7 +49,17 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -107,7 +120,7 @@ def test_corrupt_shared_value_is_recomputed(server, tmp_path):
     server.client.set(f"editx:prompt:{KEY}", b"not an entry")
     cache = TieredCache(0, None, 0, RedisTier(server.url))
     calls = []
-    got, outcome = cache.get_or_compute(KEY, lambda: calls.append(1) or make_entry(2))
+    _, outcome = cache.get_or_compute(KEY, lambda: calls.append(1) or make_entry(2))
     assert outcome == "miss" and calls == [1]
     assert cache.stats()["shared"]["corrupt"] == 1
     assert decode_entry(KEY, server.client.get(f"editx:prompt:{KEY}")).equal(make_entry(2))
@@ -122,7 +135,7 @@ def test_redis_outage_is_a_miss_not_an_error(server, tmp_path):
     server.stop()  # the server goes away while the cache is in use
     fresh = TieredCache(10**6, tmp_path / "other", 10**7, tier)
     calls = []
-    got, outcome = fresh.get_or_compute(KEY, lambda: calls.append(1) or make_entry(3))
+    _, outcome = fresh.get_or_compute(KEY, lambda: calls.append(1) or make_entry(3))
     assert outcome == "miss" and calls == [1]
     assert tier.errors >= 1 and fresh.stats()["shared"]["entries"] is None
     assert fresh.get(KEY)[1] == "memory"
@@ -146,7 +159,9 @@ def test_redis_lock_lets_another_host_reuse_the_result(server, tmp_path):
     assert token is not None and other.try_lock(KEY, ttl_s=60) is None
     cache = TieredCache(10**6, tmp_path, 10**7, RedisTier(server.url), poll_s=0.01)
     calls, out = [], {}
-    t = threading.Thread(target=lambda: out.setdefault("r", cache.get_or_compute(KEY, lambda: calls.append(1))))
+    t = threading.Thread(
+        target=lambda: out.setdefault("r", cache.get_or_compute(KEY, lambda: calls.append(1)))
+    )
     t.start()
     wait_until(lambda: cache.stats()["lock_waits"] == 1, "the cache to wait on the Redis lock")
     entry = make_entry(5)

@@ -6,12 +6,12 @@ from editx.cache.shared import RedisTier, SharedTier
 from editx.cache.tiered import MISS, TIERS, TieredCache, default_cache_dir
 
 __all__ = [
+    "MISS",
+    "TIERS",
     "CacheEntry",
     "CorruptEntryError",
-    "MISS",
     "RedisTier",
     "SharedTier",
-    "TIERS",
     "TieredCache",
     "decode_entry",
     "default_cache_dir",

@@ -79,7 +79,9 @@ class DiskTier:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cache file unreadable; treated as a miss", extra={"path": str(path), "error": str(exc)})
+            log.warning(
+                "cache file unreadable; treated as a miss", extra={"path": str(path), "error": str(exc)}
+            )
             return None
         try:
             entry = decode_entry(key, data)
@@ -124,8 +126,10 @@ class DiskTier:
             _fsync_dir(self.root)
         except OSError as exc:
             self.write_errors += 1
-            log.warning("cache write failed; entry kept in faster tiers only",
-                        extra={"path": str(path), "error": str(exc)})
+            log.warning(
+                "cache write failed; entry kept in faster tiers only",
+                extra={"path": str(path), "error": str(exc)},
+            )
             try:
                 tmp.unlink()
             except OSError:
@@ -139,7 +143,11 @@ class DiskTier:
             self._puts += 1
             if self._est_bytes is not None:
                 self._est_bytes += size
-            if self._est_bytes is None or self._est_bytes > self.max_bytes or self._puts % self.rescan_every == 0:
+            if (
+                self._est_bytes is None
+                or self._est_bytes > self.max_bytes
+                or self._puts % self.rescan_every == 0
+            ):
                 self._evict_locked(keep=key)
 
     def _scan(self) -> tuple[list[tuple[int, int, Path]], list[Path]]:
@@ -158,7 +166,9 @@ class DiskTier:
                 except OSError:
                     continue  # vanished between listing and stat
                 if de.name.startswith("."):
-                    if now - st.st_mtime > STALE_S and (de.name.endswith(".tmp") or de.name.endswith(".lock")):
+                    if now - st.st_mtime > STALE_S and (
+                        de.name.endswith(".tmp") or de.name.endswith(".lock")
+                    ):
                         stale.append(Path(de.path))
                 elif de.name.endswith(SUFFIX):
                     files.append((st.st_mtime_ns, st.st_size, Path(de.path)))

@@ -46,7 +46,9 @@ class CacheEntry:
         tensors = dict(self.tensors)
         for name, t in tensors.items():
             if not isinstance(name, str) or not name or name.startswith("__"):
-                raise ValueError(f"cache tensor names must be non-empty strings not starting with '__': {name!r}")
+                raise ValueError(
+                    f"cache tensor names must be non-empty strings not starting with '__': {name!r}"
+                )
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"cache tensor {name!r} must be a torch.Tensor, got {type(t).__name__}")
         try:

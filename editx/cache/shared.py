@@ -18,7 +18,9 @@ from editx.errors import ValidationError
 log = logging.getLogger(__name__)
 
 # Delete the lock only if it still holds our token (another process may own it after our ttl).
-_UNLOCK_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_UNLOCK_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+)
 
 
 class SharedTier(Protocol):
@@ -97,7 +99,12 @@ class RedisTier:
             if first:
                 log.warning(
                     "shared cache tier unavailable; continuing without it",
-                    extra={"op": what, "url": self.url, "error": str(exc), "retry_after_s": self.retry_after_s},
+                    extra={
+                        "op": what,
+                        "url": self.url,
+                        "error": str(exc),
+                        "retry_after_s": self.retry_after_s,
+                    },
                 )
             return default
 
@@ -162,7 +169,9 @@ class RedisTier:
     def try_lock(self, key: str, ttl_s: float) -> str | None:
         token = secrets.token_hex(8)
         ok = self._call(
-            "lock", lambda: self._client.set(self._lock_name(key), token, nx=True, px=max(1, int(ttl_s * 1000))), None
+            "lock",
+            lambda: self._client.set(self._lock_name(key), token, nx=True, px=max(1, int(ttl_s * 1000))),
+            None,
         )
         return token if ok else None
 

@@ -26,6 +26,7 @@ from editx.cache.entry import CacheEntry, CorruptEntryError, decode_entry, encod
 from editx.cache.memory import MemoryTier
 from editx.cache.shared import RedisTier, SharedTier
 from editx.errors import CancelledError
+from editx.telemetry.log import log_event
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,18 @@ class TieredCache:
         if not config.cache_enabled:
             return cls(0, None, 0)
         shared = RedisTier(config.redis_url) if config.redis_url else None
-        return cls(config.cache_memory_bytes, default_cache_dir(config.cache_dir), config.cache_disk_bytes, shared)
+        return cls(
+            config.cache_memory_bytes, default_cache_dir(config.cache_dir), config.cache_disk_bytes, shared
+        )
 
     @property
     def tiers(self) -> tuple[str, ...]:
         """Enabled tiers, fastest first."""
-        on = {"memory": self.memory is not None, "disk": self.disk is not None, "shared": self.shared is not None}
+        on = {
+            "memory": self.memory is not None,
+            "disk": self.disk is not None,
+            "shared": self.shared is not None,
+        }
         return tuple(t for t in TIERS if on[t])
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -162,6 +169,11 @@ class TieredCache:
         """(entry, outcome): outcome is the tier that answered, or "miss" when this call computed it or
         waited for a concurrent call that computed it."""
         check_key(key)
+        entry, outcome = self._single_flight(key, compute)
+        log_event(log, "cache", level=logging.DEBUG, key=key, outcome=outcome)
+        return entry, outcome
+
+    def _single_flight(self, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, str]:
         while True:
             entry, tier = self._get(key, count=True)
             if entry is not None:
@@ -292,17 +304,32 @@ class TieredCache:
         out: dict[str, Any] = {}
         if self.memory is not None:
             n, b, att = self.memory.usage()
-            out["memory"] = {"entries": n, "bytes": b, "max_bytes": self.memory.max_bytes, "attachments": att,
-                             "evictions": self.memory.evictions}
+            out["memory"] = {
+                "entries": n,
+                "bytes": b,
+                "max_bytes": self.memory.max_bytes,
+                "attachments": att,
+                "evictions": self.memory.evictions,
+            }
         if self.disk is not None:
             n, b = self.disk.usage()
-            out["disk"] = {"entries": n, "bytes": b, "max_bytes": self.disk.max_bytes, "dir": str(self.disk.root),
-                           "evictions": self.disk.evictions, "corrupt": self.disk.corrupt,
-                           "write_errors": self.disk.write_errors}
+            out["disk"] = {
+                "entries": n,
+                "bytes": b,
+                "max_bytes": self.disk.max_bytes,
+                "dir": str(self.disk.root),
+                "evictions": self.disk.evictions,
+                "corrupt": self.disk.corrupt,
+                "write_errors": self.disk.write_errors,
+            }
         if self.shared is not None:
             n, b = self.shared.usage()
-            out["shared"] = {"entries": n, "bytes": b, "corrupt": c.get("shared.corrupt", 0),
-                             "errors": getattr(self.shared, "errors", 0)}
+            out["shared"] = {
+                "entries": n,
+                "bytes": b,
+                "corrupt": c.get("shared.corrupt", 0),
+                "errors": getattr(self.shared, "errors", 0),
+            }
         for tier, d in out.items():
             d["hits"] = c.get(f"{tier}.hits", 0)
             d["misses"] = c.get(f"{tier}.misses", 0)

@@ -56,3 +56,17 @@ def configure_logging(fmt: str = "console", level: int = logging.INFO, stream=No
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields) -> None:
+    """Emit one structured line: message `event`, `fields` as top-level keys (JSON) or key=value.
+
+    For per-request lines (`log_event(log, "request", **timeline.to_dict())`) and cache events. Field
+    names that clash with LogRecord attributes (e.g. `name`, `msg`) get a trailing underscore.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    extra = {"event": event}
+    for key, value in fields.items():
+        extra[f"{key}_" if key in _RESERVED or key == "event" else key] = value
+    logger.log(level, event, extra=extra, stacklevel=2)
