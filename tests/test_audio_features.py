@@ -67,6 +67,13 @@ def test_energy_norm_then_trim_matches_upstream_preprocess():
     close(F.trim_silence(x.numpy()), g["trim_raw"], 0.0)
 
 
+def test_tokenizer_input_matches_upstream_preprocess_wav():
+    g = golden("preprocess")
+    close(torch.from_numpy(F.tokenizer_input(g["x22050"].numpy(), 22050)), g["y16000"], TOL_WAVE)
+    raw = F.tokenizer_input(g["x22050"], 22050, normalize=False, trim=False)
+    assert isinstance(raw, np.ndarray) and raw.shape == (-(-22049 * 16000 // 22050),)
+
+
 def test_whisper_log_mel_matches_openai_whisper():
     g, level, chirp = golden("whisper"), golden("level"), golden("resample_chirp")
     speech = level["energy_norm_trim"]
