@@ -73,12 +73,12 @@ def test_ffmpeg_fallback_decodes_m4a_and_averages_channels():
     assert 0.25 < np.max(np.abs(mid)) < 0.35  # (0.5 + 0.1) / 2 = 0.3
 
 
-@pytest.mark.parametrize("fmt,min_snr", [("wav", 60), ("flac", 60), ("mp3", 15), ("opus", 10)])
+@pytest.mark.parametrize("fmt,min_snr", [("wav", 60), ("flac", 60), ("mp3", 15), ("opus", 10), ("aac", 10), ("ogg", 10)])
 def test_encode_then_load_roundtrip(fmt, min_snr):
     x = tone()
     a = load_audio(encode_audio(x, SR, fmt))
     assert a.sample_rate == SR
-    assert abs(a.samples.shape[0] - SR) <= 1152  # lossy codecs may pad by up to a frame
+    assert abs(a.samples.shape[0] - SR) <= 2048  # lossy codecs may pad by up to a frame (AAC: 1024 + priming)
     n = min(SR, a.samples.shape[0])
     if fmt in ("wav", "flac"):
         assert snr_db(x, a.samples[:n]) > min_snr

@@ -25,13 +25,24 @@ log = logging.getLogger(__name__)
 
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384000
-ENCODE_FORMATS = ("wav", "flac", "mp3", "opus", "pcm")
-# Rates the encoders accept; other rates are resampled to the fallback first.
-MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+ENCODE_FORMATS = ("wav", "flac", "mp3", "opus", "aac", "pcm")
+FORMAT_ALIASES = {"ogg": "opus", "m4a": "aac"}  # file suffixes that name one of the formats above
+
+
+@dataclass(frozen=True)
+class _Codec:
+    container: str
+    codec: str
+    bit_rate: int
+    rates: tuple[int, ...]  # sample rates the codec takes; others are resampled to 48 kHz first
+
+
+FFMPEG_CODECS = {
+    "mp3": _Codec("mp3", "libmp3lame", 128_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
+    "opus": _Codec("ogg", "libopus", 64_000, (8000, 12000, 16000, 24000, 48000)),
+    "aac": _Codec("adts", "aac", 128_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
+}
 ENCODE_FALLBACK_RATE = 48000
-MP3_BITRATE = 128_000
-OPUS_BITRATE = 64_000
 UNKNOWN_SIZE = 0xFFFFFFFF  # RIFF/data size for a WAV stream whose length is not known yet
 
 
@@ -184,17 +195,15 @@ def _encode_soundfile(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
 
 
 def _encode_ffmpeg(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
-    rates = MP3_RATES if fmt == "mp3" else OPUS_RATES
-    if sample_rate not in rates:
+    spec = FFMPEG_CODECS[fmt]
+    if sample_rate not in spec.rates:
         log.debug("%s cannot store %d Hz; resampling to %d Hz", fmt, sample_rate, ENCODE_FALLBACK_RATE)
         x = np.clip(resample(x, sample_rate, ENCODE_FALLBACK_RATE), -1.0, 1.0)
         sample_rate = ENCODE_FALLBACK_RATE
-    container_fmt, codec, bitrate = ("mp3", "libmp3lame", MP3_BITRATE) if fmt == "mp3" else (
-        "ogg", "libopus", OPUS_BITRATE)
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format=container_fmt) as out:
-        stream = out.add_stream(codec, rate=sample_rate, layout="mono")
-        stream.bit_rate = bitrate
+    with av.open(buf, mode="w", format=spec.container) as out:
+        stream = out.add_stream(spec.codec, rate=sample_rate, layout="mono")
+        stream.bit_rate = spec.bit_rate
         frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
         frame.sample_rate = sample_rate
         for packet in stream.encode(frame):
@@ -205,10 +214,11 @@ def _encode_ffmpeg(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
 
 
 def encode_audio(samples, sample_rate: int, fmt: str) -> bytes:
-    """Encode mono float samples (clipped to [-1, 1]) as wav/flac (16-bit), mp3, opus (in ogg) or raw
-    pcm (s16le, no header). mp3/opus at a rate their codec lacks are resampled to 48 kHz first.
+    """Encode mono float samples (clipped to [-1, 1]) as wav/flac (16-bit), mp3, opus (in ogg), aac
+    (ADTS) or raw pcm (s16le, no header); "ogg" and "m4a" are accepted as aliases of opus and aac.
+    A lossy codec that lacks the sample rate gets the audio resampled to 48 kHz first.
     """
-    fmt = fmt.lower()
+    fmt = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
     if fmt not in ENCODE_FORMATS:
         raise ValidationError(f"unknown audio format {fmt!r}; use one of: {', '.join(ENCODE_FORMATS)}")
     x = _mono_float(samples, sample_rate)
