@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -383,6 +384,16 @@ def test_stale_lock_is_taken_over(tmp_path):
     cache = TieredCache(10**6, tmp_path, 10**7)
     assert cache.get_or_compute(KEY, lambda: make_entry(5))[1] == "miss"
     assert not (tmp_path / f".{KEY}.lock").exists()
+
+
+def test_lock_of_a_dead_process_is_taken_over_at_once(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(60)
+    lock = tmp_path / f".{KEY}.lock"
+    lock.write_text(f"{socket.gethostname()}:{dead.pid}:0123")  # fresh mtime, but its process is gone
+    cache = TieredCache(10**6, tmp_path, 10**7)
+    assert cache.get_or_compute(KEY, lambda: make_entry(6))[1] == "miss"
+    assert cache.stats()["lock_waits"] == 0 and not lock.exists()
 
 
 _WRITER = textwrap.dedent(

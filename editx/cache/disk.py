@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -247,19 +248,20 @@ class DiskTier:
         return self.root / f".{check_key(key)}.lock"
 
     def try_lock(self, key: str, ttl_s: float) -> str | None:
-        """Create the key's lock file; a token when we hold it, None when a live holder has it."""
+        """Create the key's lock file; a token when we hold it, None when a live holder has it.
+
+        A lock older than `ttl_s`, or held by a process of this host that no longer exists, is taken
+        over. (Processes in other pid namespaces with the same host name may look dead: then both
+        compute, which costs time but stays correct since writes are atomic.)
+        """
         path = self._lock_path(key)
-        token = f"{os.getpid()}.{secrets.token_hex(8)}"
-        for _ in range(2):
+        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        for _ in range(3):
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    age = time.time() - path.stat().st_mtime
-                except OSError:
-                    continue  # the holder just released it: try again
-                if age <= ttl_s:
+                if self._held(path, ttl_s):
                     return None
                 _unlink_quiet(path)  # the holder died or hung past its ttl: take over
                 continue
@@ -270,11 +272,27 @@ class DiskTier:
             return token
         return None
 
-    def is_locked(self, key: str, ttl_s: float) -> bool:
+    def _held(self, path: Path, ttl_s: float) -> bool:
         try:
-            return time.time() - self._lock_path(key).stat().st_mtime <= ttl_s
+            if time.time() - path.stat().st_mtime > ttl_s:
+                return False
+            holder = path.read_text()
         except OSError:
+            return False  # released meanwhile
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit():
+            return True  # another host, or a holder still writing its token
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
             return False
+        except OSError:
+            return True  # exists but belongs to another user
+        return True
+
+    def is_locked(self, key: str, ttl_s: float) -> bool:
+        return self._held(self._lock_path(key), ttl_s)
 
     def unlock(self, key: str, token: str) -> None:
         path = self._lock_path(key)
