@@ -230,7 +230,7 @@ def trim_silence(x, sr: int = 16000):
 
 def tokenizer_input(samples, sample_rate: int, *, normalize: bool = True, trim: bool = True) -> np.ndarray:
     """The audio the speech tokenizers read: upstream `preprocess_wav` (16 kHz, peak 0.999, trimmed)."""
-    wav = resample(_to_tensor(samples)[0], sample_rate, WHISPER_SR)
+    wav = resample(_to_tensor(samples)[0].cpu(), sample_rate, WHISPER_SR)
     if normalize:
         wav = energy_norm(wav)
     return trim_silence(wav.numpy(), WHISPER_SR) if trim else wav.numpy()
