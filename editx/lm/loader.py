@@ -1,0 +1,176 @@
+"""Load the Step1 LM from the official `Step-Audio-EditX/` files: config.json + safetensors.
+
+One path for released weights and fixtures: parse config.json, build the model on the meta device
+(no memory), stream each checkpoint tensor through the explicit key map into its parameter (converted
+to the target dtype/device one tensor at a time, so peak memory stays about the weights' size), then
+check that every parameter was loaded. Optional quantization afterwards: `int8` (torch dynamic
+quantization of the Linear layers, CPU) or `bnb8`/`bnb4` (bitsandbytes, CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from editx.errors import BackendUnsupportedError, ModelFilesError, ValidationError
+from editx.lm.model import Step1Config, Step1ForCausalLM, checkpoint_keys
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+LM_QUANTIZATIONS = (None, "int8", "bnb8", "bnb4")
+
+
+def read_config(model_dir: Path) -> Step1Config:
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelFilesError(f"{path} not found; the model dir must be the Step-Audio-EditX folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFilesError(f"{path} is not valid JSON ({exc}); re-download it") from exc
+    return Step1Config.from_hf_config(data)
+
+
+def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
+    """Shard → keys it should hold (from the index), or {model.safetensors: None} without an index."""
+    model_dir = Path(model_dir)
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelFilesError(f"{index} is not a safetensors index with a weight_map ({exc})") from exc
+        files: dict[Path, list[str]] = {}
+        for key, name in weight_map.items():
+            files.setdefault(model_dir / name, []).append(key)
+        missing = [p.name for p in files if not p.is_file()]
+        if missing:
+            raise ModelFilesError(f"{model_dir} lacks weight shard(s) {', '.join(sorted(missing))} listed in "
+                                  f"{INDEX_FILE}; re-download the model")
+        return files
+    single = model_dir / SINGLE_FILE
+    if single.is_file():
+        return {single: None}
+    raise ModelFilesError(f"{model_dir} has neither {INDEX_FILE} nor {SINGLE_FILE}; "
+                          "download the Step-Audio-EditX weights into it")
+
+
+def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+
+
+def load_state(model: Step1ForCausalLM, model_dir: Path, *, device: torch.device,
+               dtype: torch.dtype) -> None:
+    """Stream every checkpoint tensor into `model` (built on meta); strict about keys and shapes."""
+    from safetensors import safe_open
+
+    key_map = checkpoint_keys(model.config)
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for path, index_keys in weight_files(model_dir).items():
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ModelFilesError(f"{path} is not a readable safetensors file ({exc}); re-download it") from exc
+        with handle as f:
+            keys = set(f.keys())
+            absent = sorted(set(index_keys or ()) - keys)
+            if absent:
+                raise ModelFilesError(f"{path.name} lacks {len(absent)} tensor(s) the index lists, e.g. "
+                                      f"{absent[0]}; re-download it")
+            for key in sorted(keys):
+                name = key_map.get(key)
+                if name is None:
+                    if key == "lm_head.weight" and model.config.tie_word_embeddings:
+                        log.warning("config ties lm_head to the embeddings; ignoring lm_head.weight")
+                        continue
+                    unexpected.append(key)
+                    continue
+                tensor = f.get_tensor(key)
+                if tuple(tensor.shape) != tuple(expected[name]):
+                    raise ModelFilesError(f"tensor {key} in {path.name} has shape {tuple(tensor.shape)}, "
+                                          f"config.json implies {tuple(expected[name])}")
+                _set_param(model, name, tensor.to(device=device, dtype=dtype))
+                loaded.add(name)
+                del tensor
+    if unexpected:
+        raise ModelFilesError(f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
+                              "these weights do not belong to a Step1 model of this config")
+    missing = sorted(set(key_map.values()) - loaded)
+    if missing:
+        raise ModelFilesError(f"checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}; "
+                              "the download is incomplete")
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+
+
+def apply_quantization(model: Step1ForCausalLM, mode: str | None, device: torch.device) -> Step1ForCausalLM:
+    """Apply an optional quantization to a loaded model (Linear layers only)."""
+    if mode is None:
+        return model
+    if mode == "int8":
+        if device.type != "cpu":
+            raise ValidationError("quantize='int8' is CPU dynamic quantization; on CUDA use 'bnb8' or 'bnb4'")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    if mode in ("bnb8", "bnb4"):
+        if device.type != "cuda":
+            raise ValidationError(f"quantize={mode!r} needs a CUDA device; on CPU use 'int8'")
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise BackendUnsupportedError(
+                f"quantize={mode!r} needs bitsandbytes: pip install 'editx[gpu]'") from exc
+        _replace_linears(model, bnb, four_bit=mode == "bnb4")
+        return model.to(device)
+    raise ValidationError(f"LM quantization must be one of {', '.join(map(str, LM_QUANTIZATIONS))}, got {mode!r}")
+
+
+def _replace_linears(model: nn.Module, bnb, *, four_bit: bool) -> None:
+    # Weights are still on the CPU here; bitsandbytes quantizes them when the module moves to CUDA.
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            if four_bit:
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
+                                        compute_dtype=child.weight.dtype, quant_type="nf4")
+                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+            else:
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=False,
+                                          has_fp16_weights=False)
+                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            setattr(module, child_name, new)
+
+
+def load_step1(model_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               quantize: str | None = None) -> Step1ForCausalLM:
+    """Load `Step-Audio-EditX/` (config.json + safetensors) as an eval-mode Step1ForCausalLM."""
+    device = torch.device(device)
+    mode = quantize
+    if mode not in LM_QUANTIZATIONS:
+        raise ValidationError(f"LM quantization must be one of {', '.join(map(str, LM_QUANTIZATIONS))}, "
+                              f"got {mode!r}")
+    cfg = read_config(model_dir)
+    # bitsandbytes quantizes on the move to CUDA, so those weights are staged on the CPU first.
+    stage = torch.device("cpu") if mode in ("bnb8", "bnb4") else device
+    with torch.device("meta"):
+        model = Step1ForCausalLM(cfg)
+    load_state(model, Path(model_dir), device=stage, dtype=dtype)
+    model.reset_buffers()
+    model.eval()
+    model = apply_quantization(model, mode, device)
+    log.info("loaded Step1 LM from %s: %d layers, hidden %d, %s on %s%s", model_dir, cfg.num_hidden_layers,
+             cfg.hidden_size, str(dtype).removeprefix("torch."), device, f", {mode}" if mode else "")
+    return model
