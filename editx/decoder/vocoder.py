@@ -189,7 +189,10 @@ def nsf_harmonics(f0: torch.Tensor, multipliers: torch.Tensor, cfg: HiFTConfig,
     uv = (f0 > cfg.nsf_voiced_threshold).to(torch.float32)  # (B, L, 1)
     # voiced samples get small noise (sigma); unvoiced ones are pure noise at about the sine amplitude
     noise_amp = uv * cfg.nsf_sigma + (1 - uv) * cfg.nsf_alpha / 3
-    noise = torch.randn(sines.shape, generator=generator, device=gen_device).to(fn.device)
+    # Upstream draws randn_like() of the sines, whose memory is (B, H+1, L)-major (a transposed view);
+    # filling a view with that layout consumes the generator exactly as upstream does.
+    noise = torch.empty(sines.shape[0], sines.shape[2], sines.shape[1], device=gen_device).transpose(1, 2)
+    noise = noise.normal_(generator=generator).to(fn.device)  # (B, L, H+1)
     return sines * uv + noise_amp * noise
 
 
@@ -233,6 +236,10 @@ class HiFTGenerator(nn.Module):
         self.register_buffer("harmonic_multipliers",
                              torch.arange(1, self.cfg.nb_harmonics + 2, dtype=torch.float32, device=device),
                              persistent=False)
+        # np.hamming(2 * overlap) (symmetric), the cross-fade of consecutive stream chunks
+        overlap = STREAM_MEL_CACHE * self.cfg.samples_per_frame
+        self.register_buffer("stream_window", torch.hamming_window(
+            2 * overlap, periodic=False, dtype=torch.float64, device=device).float(), persistent=False)
 
     def weight_norm_targets(self) -> list[str]:
         """Modules whose weight is stored weight-normalised (g, v) in the official hift.pt."""
@@ -304,6 +311,40 @@ class HiFTGenerator(nn.Module):
         if mel.dim() != 3 or mel.shape[1] != self.cfg.in_channels or mel.shape[2] < 1:
             raise ValidationError(f"HiFT expects a mel of shape (B, {self.cfg.in_channels}, T>=1), "
                                   f"got {tuple(mel.shape)}")
+
+
+@dataclass(frozen=True)
+class VocoderStream:
+    """What one vocoded chunk hands to the next (cli/cosyvoice.py `hift_cache_dict`): the last
+    STREAM_MEL_CACHE mel frames, their excitation and their not-yet-emitted audio."""
+
+    mel: torch.Tensor  # (B, 80, <=8)
+    source: torch.Tensor  # (B, 1, <=8*samples_per_frame)
+    speech: torch.Tensor  # (B, <=8*samples_per_frame)
+
+    @classmethod
+    def start(cls, batch: int = 1, n_mels: int = 80, device: torch.device | str = "cpu") -> "VocoderStream":
+        empty = torch.zeros(batch, 0, device=device)
+        return cls(torch.zeros(batch, n_mels, 0, device=device), empty[:, None], empty)
+
+
+@torch.inference_mode()
+def vocode_chunk(hift: HiFTGenerator, mel: torch.Tensor, state: VocoderStream, *, last: bool,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, VocoderStream]:
+    """Vocode the next mel chunk (B, 80, t) of a stream; returns (new audio (B, n), next state).
+
+    The chunk is vocoded together with the carried mel frames, re-using their excitation; the overlap
+    is cross-faded with a Hamming window and the tail is held back until the next chunk (or `last`).
+    """
+    overlap = STREAM_MEL_CACHE * hift.cfg.samples_per_frame
+    mel = torch.cat([state.mel.to(mel), mel], dim=2)
+    speech, source = hift.inference_with_source(mel, state.source, generator)
+    if state.speech.shape[-1] > 0:
+        n = state.speech.shape[-1]
+        head = speech[:, :n] * hift.stream_window[:n] + state.speech * hift.stream_window[-n:]
+        speech = torch.cat([head, speech[:, n:]], dim=1)
+    nxt = VocoderStream(mel[..., -STREAM_MEL_CACHE:], source[..., -overlap:], speech[:, -overlap:])
+    return (speech if last else speech[:, :-overlap]), nxt
 
 
 _WN_SUFFIXES = {  # official weight-norm encodings -> (magnitude g, direction v)
