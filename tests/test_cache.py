@@ -218,6 +218,13 @@ def test_corrupt_file_recomputed_and_replaced(tmp_path, damage):
     assert TieredCache(0, tmp_path, 10**7).get(KEY)[1] == "disk"
 
 
+def test_unserializable_entry_stays_in_memory_without_failing(tmp_path):
+    entry = CacheEntry({"x": torch.empty(3, device="meta")})  # cannot be copied to the CPU
+    cache = TieredCache(10**6, tmp_path, 10**7)
+    assert cache.get_or_compute(KEY, lambda: entry) == (entry, "miss")
+    assert cache.get(KEY) == (entry, "memory") and list(tmp_path.iterdir()) == []
+
+
 def test_file_under_wrong_name_is_rejected(tmp_path):
     cache = TieredCache(0, tmp_path, 10**7)
     cache.put(KEY, make_entry(0))

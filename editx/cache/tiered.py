@@ -158,7 +158,11 @@ class TieredCache:
             self.memory.put(key, entry)
         if self.disk is None and self.shared is None:
             return
-        data = encode_entry(key, entry)
+        try:
+            data = encode_entry(key, entry)
+        except Exception:  # a cache must never fail the request that fills it
+            log.exception("cannot serialize cache entry; kept in memory only", extra={"key": key})
+            return
         if self.disk is not None:
             self.disk.put_bytes(key, data)
         if self.shared is not None:
