@@ -138,12 +138,16 @@ def test_clone_prompt_ids_match_upstream(tok, case):
                                      prompt_audio_tokens_str=GOLDEN["audio_tokens_str"],
                                      target_text=case["target_text"])
     assert ids == case["ids"]
+    prefix, suffix = prompts.build_clone_prompt_parts(
+        tok, speaker_name=speaker, prompt_text=case["prompt_text"],
+        prompt_audio_tokens_str=GOLDEN["audio_tokens_str"], target_text=case["target_text"])
+    assert prefix + suffix == ids and prefix[-1] == prompts.EOT_ID and suffix[0] == prompts.BOT_ID
 
 
 def test_language_tag_is_a_target_text_prefix(tok):
     case = next(c for c in GOLDEN["clone"] if c["target_text"].startswith("[Cantonese]"))
-    kwargs = dict(speaker_name=case["speaker"], prompt_text=case["prompt_text"],
-                  prompt_audio_tokens_str=GOLDEN["audio_tokens_str"])
+    kwargs = {"speaker_name": case["speaker"], "prompt_text": case["prompt_text"],
+              "prompt_audio_tokens_str": GOLDEN["audio_tokens_str"]}
     bare = case["target_text"][len("[Cantonese]"):]
     assert prompts.build_clone_prompt(tok, target_text=bare, language="Cantonese", **kwargs) == case["ids"]
     assert prompts.build_clone_prompt(tok, target_text=case["target_text"], language="[cantonese]",
@@ -175,7 +179,7 @@ def test_both_paralinguistic_spellings(tok):
 
 def test_validate_edit_returns_canonical_values():
     assert prompts.validate_edit("emotion", "happy", None) == ("emotion", "happy")
-    assert prompts.validate_edit(" Style ", " act_coy ", None) == ("style", "act_coy")
+    assert prompts.validate_edit(" Style ", " Act_Coy ", None) == ("style", "act_coy")
     assert prompts.validate_edit("speed", "more faster", None) == ("speed", "more faster")
     assert prompts.validate_edit("denoise", "", None) == ("denoise", None)
     assert prompts.validate_edit("vad", None, None, audio_text="") == ("vad", None)
@@ -223,7 +227,7 @@ def test_audio_text_is_required_except_for_denoise_and_vad(tok):
 
 
 def test_clone_needs_texts(tok):
-    kwargs = dict(speaker_name="clone_x", prompt_audio_tokens_str=GOLDEN["audio_tokens_str"])
+    kwargs = {"speaker_name": "clone_x", "prompt_audio_tokens_str": GOLDEN["audio_tokens_str"]}
     with pytest.raises(ValidationError, match="target text"):
         prompts.build_clone_prompt(tok, prompt_text="p", target_text=" ", **kwargs)
     with pytest.raises(ValidationError, match="prompt text"):

@@ -116,6 +116,7 @@ def validate_edit(edit_type: str, info: str | None = None, text: str | None = No
     options = EDIT_OPTIONS[kind]
     value = info.strip() if isinstance(info, str) else info
     if options:
+        value = value.lower() if value else value
         if not value or value not in options:
             raise ValidationError(f"edit_info {info!r} is not a {kind} option; allowed: {_allowed(options)}")
     elif value:
@@ -199,10 +200,12 @@ def build_edit_prompt(tok, *, edit_type: str, edit_info: str | None, audio_text:
     return ids + _turn(tok, "assistant")
 
 
-def build_clone_prompt(tok, *, speaker_name: str, prompt_text: str, prompt_audio_tokens_str: str,
-                       target_text: str, language: str | None = None) -> list[int]:
-    """Prompt ids for a clone (tts.py `_encode_audio_edit_clone_prompt`).
+def build_clone_prompt_parts(tok, *, speaker_name: str, prompt_text: str, prompt_audio_tokens_str: str,
+                             target_text: str, language: str | None = None) -> tuple[list[int], list[int]]:
+    """The clone prompt as (voice prefix, request suffix); their concatenation is the prompt.
 
+    The prefix (<s>, the system turn with the speaker block) depends only on the voice, so its KV
+    cache can be reused across requests; the suffix is the human turn and the assistant header.
     The target text is encoded behind a "\\n" whose own encoding is then cut off, so it starts
     without the "▁" (and without the <s>) that encoding it alone would give.
     """
@@ -213,6 +216,15 @@ def build_clone_prompt(tok, *, speaker_name: str, prompt_text: str, prompt_audio
     target_text = with_language_tag(target_text, language)
     system = CLONE_SYSTEM_PROMPT_TEMPLATE.format(speaker=speaker_name, prompt_text=prompt_text,
                                                  prompt_wav_tokens=prompt_audio_tokens_str)
-    ids = [BOS_ID, BOT_ID] + tok.encode(f"system\n{system}") + [EOT_ID]
+    prefix = [BOS_ID, BOT_ID] + tok.encode(f"system\n{system}") + [EOT_ID]
     target = tok.encode("\n" + target_text)[len(tok.encode("\n")):]
-    return ids + _turn(tok, "human") + target + [EOT_ID] + _turn(tok, "assistant")
+    return prefix, _turn(tok, "human") + target + [EOT_ID] + _turn(tok, "assistant")
+
+
+def build_clone_prompt(tok, *, speaker_name: str, prompt_text: str, prompt_audio_tokens_str: str,
+                       target_text: str, language: str | None = None) -> list[int]:
+    """Prompt ids for a clone (tts.py `_encode_audio_edit_clone_prompt`)."""
+    prefix, suffix = build_clone_prompt_parts(tok, speaker_name=speaker_name, prompt_text=prompt_text,
+                                              prompt_audio_tokens_str=prompt_audio_tokens_str,
+                                              target_text=target_text, language=language)
+    return prefix + suffix

@@ -14,7 +14,8 @@ Upstream loads it with `AutoTokenizer.from_pretrained(...)` (transformers 4.53.3
 `tokenizer.encode(text)` there means `add_special_tokens=True`, and the Llama post-processor then
 puts `<s>` in front (`add_bos_token` defaults to true when the config does not say otherwise) and
 `</s>` behind only if `add_eos_token` is set. `TextTokenizer.encode` reproduces exactly that; the
-prompt builders in `editx.lm.prompts` rely on it, as upstream's do. A `tokenizer.json` in the folder
+prompt builders in `editx.lm.prompts` rely on it, as upstream's do. (transformers 5.x converts the
+same files differently: no <s>, other pieces. Upstream pins transformers==4.53.3; this follows that.) A `tokenizer.json` in the folder
 (as some conversions ship) is used in place of the SentencePiece file, as `AutoTokenizer` would.
 """
 
