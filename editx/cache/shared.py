@@ -31,17 +31,7 @@ class SharedTier(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, data: bytes) -> bool: ...
     def delete(self, key: str) -> None: ...
-    def clear(self) -> int:
-        """Delete every entry under the prefix; returns how many were deleted."""
-
-        def run() -> int:
-            removed = 0
-            while names := self._entry_names():
-                removed += int(self._client.delete(*names))
-            return removed
-
-        return self._call("clear", run, 0)
-
+    def clear(self) -> int: ...
     def usage(self) -> tuple[int | None, int | None]: ...
     def try_lock(self, key: str, ttl_s: float) -> str | None: ...
     def is_locked(self, key: str, ttl_s: float) -> bool: ...
@@ -136,19 +126,12 @@ class RedisTier:
         """Delete every entry under the prefix; returns how many were deleted."""
 
         def run() -> int:
-            names = self._entry_names()
-            while names:
-                self._client.delete(*names)
-                names = self._entry_names()
-            return -1
+            removed = 0
+            while names := self._entry_names():
+                removed += int(self._client.delete(*names))
+            return removed
 
-        removed = self._call("clear", lambda: self._count_then(run), 0)
-        return removed
-
-    def _count_then(self, fn) -> int:
-        n = len(self._entry_names())
-        fn()
-        return n
+        return self._call("clear", run, 0)
 
     def usage(self) -> tuple[int | None, int | None]:
         """(entries, bytes) by scanning the prefix (capped at `usage_scan_limit`); Nones when down."""
