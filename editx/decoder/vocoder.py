@@ -250,6 +250,7 @@ class HiFTGenerator(nn.Module):
         names += [f"f0_predictor.condnet.{2 * i}" for i in range(F0_CONV_LAYERS)]
         return names
 
+    @torch.inference_mode()
     def source(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mel (B, 80, T) -> (F0 (B, T) in Hz, excitation (B, 1, T*samples_per_frame) float32)."""
         f0 = self.f0_predictor(mel).float()  # (B, T)
