@@ -225,6 +225,17 @@ def test_key_map_round_trips_and_uses_official_names(flow):
         assert key in official, key
 
 
+def test_small_preset_has_the_released_flow_layout():
+    # the released flow.pt holds 605 tensors (~153M parameters, 307 MB in bf16)
+    from editx.decoder.flow import CosyVoiceFlow
+
+    cfg = DecoderConfig.from_data(load_yaml_data(decoder_fixture.yaml_text("small"))).flow
+    with torch.device("meta"):
+        model = CosyVoiceFlow(cfg)
+    assert len(model.state_dict()) == 605
+    assert 150e6 < sum(p.numel() for p in model.parameters()) < 156e6
+
+
 def _save_variant(cosy_dir, tmp_path, edit):
     state = torch.load(cosy_dir / FLOW_FILE, weights_only=True)
     edit(state)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import copy
 import logging
-import math
 import operator
 import re
 from collections.abc import Mapping
@@ -358,17 +357,13 @@ class MelConfig:
     @classmethod
     def from_section(cls, s: Mapping) -> MelConfig:
         w = "mel_conf"
-        fmax = s.get("fmax", 8000.0)
-        return cls(
-            n_fft=_get(s, "n_fft", 1920, int, w),
-            num_mels=_get(s, "num_mels", MEL_BINS, int, w),
-            sampling_rate=_get(s, "sampling_rate", 24000, int, w),
-            hop_size=_get(s, "hop_size", 480, int, w),
-            win_size=_get(s, "win_size", 1920, int, w),
-            fmin=_get(s, "fmin", 0.0, float, w),
-            fmax=math.inf if fmax is None else _get(s, "fmax", 8000.0, float, w),
-            center=_get(s, "center", False, bool, w),
-        )
+        sr = _get(s, "sampling_rate", 24000, int, w)
+        fmax = s.get("fmax", 8000.0)  # librosa reads None as Nyquist
+        return cls(n_fft=_get(s, "n_fft", 1920, int, w), num_mels=_get(s, "num_mels", MEL_BINS, int, w),
+                   sampling_rate=sr, hop_size=_get(s, "hop_size", 480, int, w),
+                   win_size=_get(s, "win_size", 1920, int, w), fmin=_get(s, "fmin", 0.0, float, w),
+                   fmax=sr / 2 if fmax is None else _get(s, "fmax", 8000.0, float, w),
+                   center=_get(s, "center", False, bool, w))
 
 
 @dataclass(frozen=True)
