@@ -4,9 +4,11 @@ Upstream (Step-Audio-EditX `tts.py`, transformers 4.53.3 pinned in its requireme
 `llm.generate(..., temperature=0.7, do_sample=True, logits_processor=[RepetitionAwareLogitsProcessor()])`
 and sets no top_k/top_p. HF then builds its processors from `GenerationConfig`, whose `top_k`
 defaults to 50 (checked in transformers 4.53.3: `GenerationConfig().top_k == 50`, and
-`_get_logits_processor` appends `TopKLogitsWarper` whenever `do_sample` and `top_k != 0`). The model
-repo ships no generation config that we could find overriding it, so upstream sampling is, in order:
-repetition mask → temperature 0.7 → top-k 50 → softmax → multinomial. `UPSTREAM_TOP_K` is that 50.
+`_get_logits_processor` appends `TopKLogitsWarper` whenever `do_sample` and `top_k != 0`; transformers
+5.x changed that default to None, which upstream's pin does not see). We found no generation config in
+the model repo overriding it, so upstream sampling is, in order: repetition mask → temperature 0.7 →
+top-k 50 → softmax → multinomial. `UPSTREAM_TOP_K` is that 50; our goldens reproduce HF's seeded
+samples token for token with it.
 
 Each step takes fp32 logits for one request, its recent tokens (prompt included: upstream's window
 runs over the whole `input_ids`) and its own `torch.Generator`, so concurrent requests never share
