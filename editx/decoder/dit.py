@@ -35,7 +35,8 @@ def timestep_features(t: torch.Tensor, dim: int = TIME_FREQS) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    """x * (1 + scale) + shift, as one fused op."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class TimestepEmbedder(nn.Module):
@@ -112,9 +113,10 @@ class DiTBlock(nn.Module):
         # x (B, T, C); c (B, 1, C) timestep embedding
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          shift_conv, scale_conv, gate_conv) = self.modulation(F.silu(c)).chunk(N_MODULATIONS, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask)
-        x = x + gate_conv * self.conv(modulate(self.norm3(x), shift_conv, scale_conv))
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        # residual + gate * branch, each as one fused op
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask))
+        x = torch.addcmul(x, gate_conv, self.conv(modulate(self.norm3(x), shift_conv, scale_conv)))
+        return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):
