@@ -38,7 +38,7 @@ class FrontendConfig:
     lfr_n: int = 1
 
     @classmethod
-    def from_dict(cls, conf: dict, source: str = "config.yaml") -> "FrontendConfig":
+    def from_dict(cls, conf: dict, source: str = "config.yaml") -> FrontendConfig:
         try:
             cfg = cls(
                 fs=int(conf.get("fs", SAMPLE_RATE)),
@@ -73,7 +73,7 @@ class Cmvn:
     scale: torch.Tensor  # (D,)
 
     @classmethod
-    def from_file(cls, path: Path, dim: int) -> "Cmvn":
+    def from_file(cls, path: Path, dim: int) -> Cmvn:
         """Parse the Kaldi nnet text file (`<AddShift>` and `<Rescale>` components)."""
         if not path.is_file():
             raise ModelFilesError(f"missing {path} (Paraformer CMVN statistics); re-download Step-Audio-Tokenizer")

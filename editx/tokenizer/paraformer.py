@@ -53,12 +53,12 @@ class ParaformerConfig:
     frontend: frontend.FrontendConfig
 
     @classmethod
-    def from_yaml(cls, path: Path) -> "ParaformerConfig":
+    def from_yaml(cls, path: Path) -> ParaformerConfig:
         data = read_yaml(path)
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config.yaml") -> "ParaformerConfig":
+    def from_dict(cls, data: dict, source: str = "config.yaml") -> ParaformerConfig:
         encoder = data.get("encoder")
         if encoder != ENCODER_CLASS:
             raise ModelFilesError(f"{source}: encoder is {encoder!r}, expected {ENCODER_CLASS!r} "
@@ -236,7 +236,7 @@ class ParaformerVq02:
         return next(self.encoder.parameters()).device
 
     @classmethod
-    def load(cls, model_dir: Path, kmeans_path: Path, *, device: str | torch.device = "cpu") -> "ParaformerVq02":
+    def load(cls, model_dir: Path, kmeans_path: Path, *, device: str | torch.device = "cpu") -> ParaformerVq02:
         """Load config.yaml + model.pt + am.mvn from the FunASR model dir and the k-means centroids."""
         model_dir = Path(model_dir)
         cfg = ParaformerConfig.from_yaml(model_dir / "config.yaml")
@@ -332,7 +332,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             if "mmap" not in str(exc):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on a damaged file
+    except Exception as exc:
         raise ModelFilesError(f"cannot read {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
                               "the file is damaged or incomplete, re-download it") from exc
     for wrapper in ("state_dict", "model"):
@@ -340,4 +340,4 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelFilesError(f"{path} does not hold a tensor state dict")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {(k.removeprefix("module.")): v for k, v in obj.items()}
