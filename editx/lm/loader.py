@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -68,41 +69,90 @@ def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
 
 
+# safetensors dtype names → torch dtypes (the subset a Step1 checkpoint can use)
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's tensor table and the byte offset where tensor data starts."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                raise ValueError(f"header length {size}")
+            header = json.loads(f.read(size))
+        file_size = path.stat().st_size
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelFilesError(f"{path} is not a readable safetensors file ({exc}); re-download it") from exc
+    if not isinstance(header, dict):
+        raise ModelFilesError(f"{path} has a malformed safetensors header; re-download it")
+    header.pop("__metadata__", None)
+    data_start = 8 + size
+    for key, info in header.items():
+        try:
+            ok = info["dtype"] in _DTYPES and data_start + int(info["data_offsets"][1]) <= file_size
+        except (KeyError, TypeError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelFilesError(f"{path.name}: tensor {key} has a bad entry or lies past the end of the "
+                                  "file (truncated download?); re-download it")
+    return header, data_start
+
+
+def iter_tensors(path: Path, keys) -> Iterator[tuple[str, torch.Tensor]]:
+    """Read tensors one at a time straight into fresh CPU tensors (plain reads, no mmap, so the
+    file's pages never add a second copy to the process's memory)."""
+    header, data_start = read_header(path)
+    with open(path, "rb") as f:
+        for key in keys:
+            info = header[key]
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
+            raw = tensor.reshape(-1).view(torch.uint8).numpy()  # little-endian, as safetensors stores
+            if raw.nbytes != end - begin:
+                raise ModelFilesError(f"{path.name}: tensor {key} has {end - begin} bytes for shape "
+                                      f"{info['shape']}; the file is corrupt, re-download it")
+            f.seek(data_start + begin)
+            if f.readinto(memoryview(raw)) != raw.nbytes:
+                raise ModelFilesError(f"{path.name} ends inside tensor {key}; re-download it")
+            yield key, tensor
+
+
 def load_state(model: Step1ForCausalLM, model_dir: Path, *, device: torch.device,
                dtype: torch.dtype) -> None:
     """Stream every checkpoint tensor into `model` (built on meta); strict about keys and shapes."""
-    from safetensors import safe_open
-
     key_map = checkpoint_keys(model.config)
     expected = {name: p.shape for name, p in model.named_parameters()}
     loaded: set[str] = set()
     unexpected: list[str] = []
     for path, index_keys in weight_files(model_dir).items():
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise ModelFilesError(f"{path} is not a readable safetensors file ({exc}); re-download it") from exc
-        with handle as f:
-            keys = set(f.keys())
-            absent = sorted(set(index_keys or ()) - keys)
-            if absent:
-                raise ModelFilesError(f"{path.name} lacks {len(absent)} tensor(s) the index lists, e.g. "
-                                      f"{absent[0]}; re-download it")
-            for key in sorted(keys):
-                name = key_map.get(key)
-                if name is None:
-                    if key == "lm_head.weight" and model.config.tie_word_embeddings:
-                        log.warning("config ties lm_head to the embeddings; ignoring lm_head.weight")
-                        continue
+        header, _ = read_header(path)
+        absent = sorted(set(index_keys or ()) - set(header))
+        if absent:
+            raise ModelFilesError(f"{path.name} lacks {len(absent)} tensor(s) the index lists, e.g. "
+                                  f"{absent[0]}; re-download it")
+        wanted = []
+        for key in sorted(header):
+            name = key_map.get(key)
+            if name is None:
+                if key == "lm_head.weight" and model.config.tie_word_embeddings:
+                    log.warning("config ties lm_head to the embeddings; ignoring lm_head.weight")
+                else:
                     unexpected.append(key)
-                    continue
-                tensor = f.get_tensor(key)
-                if tuple(tensor.shape) != tuple(expected[name]):
-                    raise ModelFilesError(f"tensor {key} in {path.name} has shape {tuple(tensor.shape)}, "
-                                          f"config.json implies {tuple(expected[name])}")
-                _set_param(model, name, tensor.to(device=device, dtype=dtype))
-                loaded.add(name)
-                del tensor
+                continue
+            shape = tuple(header[key]["shape"])
+            if shape != tuple(expected[name]):
+                raise ModelFilesError(f"tensor {key} in {path.name} has shape {shape}, "
+                                      f"config.json implies {tuple(expected[name])}")
+            wanted.append(key)
+        if unexpected:
+            break
+        for key, tensor in iter_tensors(path, wanted):
+            _set_param(model, key_map[key], tensor.to(device=device, dtype=dtype))
+            loaded.add(key_map[key])
+            del tensor
     if unexpected:
         raise ModelFilesError(f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
                               "these weights do not belong to a Step1 model of this config")
