@@ -74,7 +74,8 @@ class DualCodebookEmbedding(nn.Module):
 
     def __init__(self, vocab: int, dim: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab, dim)
+        # an explicit (uninitialised) table: nn.Embedding's own init on the meta device imports torch._dynamo
+        self.embedding = nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embedding(tokens).flatten(-2)
