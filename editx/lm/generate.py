@@ -67,7 +67,7 @@ def prefill(model, cache: KVCache, slots: Sequence[int], chunks: Sequence[Sequen
                 pos[b, :n] = torch.arange(start + c0, start + c0 + n)
                 slot[b, :n] = pos[b, :n]
             pos[b, n:] = pos[b, n - 1] if n else start  # padding queries: any valid position
-        kv_len = int(pos.max()) + 1
+        kv_len = max(start + min(c0 + width, n) for start, n in zip(starts, lengths))
         hidden = model(tok.to(device), pos.to(device), cache, rows, slot.to(device), kv_len)
         for b, n in enumerate(lengths):
             if c0 < n <= c0 + width:
@@ -85,7 +85,7 @@ def decode_one(model, cache: KVCache, slots: Sequence[int], tokens: Sequence[int
         rows = rows.to(device)
     pos = torch.tensor(positions, dtype=torch.int64, device=device)[:, None]  # (B, 1)
     tok = torch.tensor(tokens, dtype=torch.int64, device=device)[:, None]
-    hidden = model(tok, pos, cache, rows, pos, int(pos.max()) + 1)
+    hidden = model(tok, pos, cache, rows, pos, max(positions) + 1)
     return model.logits(hidden[:, 0])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,7 +174,10 @@ def apply_quantization(model: Step1ForCausalLM, mode: str | None, device: torch.
             raise ValidationError("quantize='int8' is CPU dynamic quantization; on CUDA use 'bnb8' or 'bnb4'")
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        with warnings.catch_warnings():  # torch marks eager quantization deprecated (moving to torchao)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     if mode in ("bnb8", "bnb4"):
         if device.type != "cuda":
             raise ValidationError(f"quantize={mode!r} needs a CUDA device; on CPU use 'int8'")
