@@ -10,6 +10,7 @@ frames are dropped from the result.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 
@@ -226,8 +227,11 @@ def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device =
     if not path.is_file():
         raise ModelFilesError(f"{path} not found: CosyVoice-300M-25Hz/ must hold {FLOW_FILE}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # pre-zipfile (legacy) checkpoints cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelFilesError(f"{path} is not a readable torch state dict ({exc}); re-download it") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
