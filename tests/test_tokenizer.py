@@ -242,3 +242,10 @@ def test_loader_ignores_non_encoder_keys(tok_root, tmp_path):
     x = speech_like(1.0, 16000, seed=8)
     reference = StepAudioTokenizer.load(tok_root).vq02(x)
     np.testing.assert_array_equal(StepAudioTokenizer.load(root).vq02(x), reference)
+
+
+def test_dual_tokens_are_read_only():
+    tokens = DualTokens.from_codes(np.array([1, 2]), np.array([3, 4, 5]))
+    with pytest.raises(ValueError):
+        tokens.vq02[0] = 7
+    assert tokens.mixed.tolist() == [1, 2, 1027, 1028, 1029]

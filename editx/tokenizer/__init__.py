@@ -31,9 +31,12 @@ KMEANS_FILE = "linguistic_tokenizer.npy"
 SPEECH_TOKENIZER_FILE = "speech_tokenizer_v1.onnx"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DualTokens:
-    """Codes of one clip: vq02 (0..1023, 16.67 Hz), vq06 (0..4095, 25 Hz), mixed (0..5119, 2:3 groups)."""
+    """Codes of one clip: vq02 (0..1023, 16.67 Hz), vq06 (0..4095, 25 Hz), mixed (0..5119, 2:3 groups).
+
+    The arrays are int64 and read-only (instances are shared through caches).
+    """
 
     vq02: np.ndarray
     vq06: np.ndarray
@@ -41,8 +44,11 @@ class DualTokens:
 
     @classmethod
     def from_codes(cls, vq02: np.ndarray, vq06: np.ndarray) -> DualTokens:
-        return cls(np.asarray(vq02, dtype=np.int64), np.asarray(vq06, dtype=np.int64),
-                   speech.interleave(vq02, vq06))
+        arrays = [np.array(vq02, dtype=np.int64).reshape(-1), np.array(vq06, dtype=np.int64).reshape(-1),
+                  speech.interleave(vq02, vq06)]
+        for arr in arrays:
+            arr.setflags(write=False)
+        return cls(*arrays)
 
     @property
     def token_str(self) -> str:
