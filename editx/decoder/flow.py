@@ -247,11 +247,6 @@ def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device =
     return model
 
 
-def flow_param_count(cfg: FlowConfig) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in CosyVoiceFlow(cfg).parameters())
-
-
 __all__ = [
     "FLOW_FILE",
     "NOISE_FRAMES",
