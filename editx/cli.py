@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -10,6 +11,197 @@ from pathlib import Path
 from editx.errors import EditxError
 
 log = logging.getLogger("editx.cli")
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_PROMPT = ASSETS / "reference_en.wav"
+
+
+# ---- engine options shared by clone/edit/serve/warmup/bench ---------------------------------------
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model-dir", type=Path, default=None,
+                   help="folder holding Step-Audio-Tokenizer/ and Step-Audio-EditX/ (env EDITX_MODEL_DIR); "
+                        "without it the offline 'lite' backend runs")
+    g.add_argument("--backend", choices=("auto", "editx", "lite"), default=None)
+    g.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N")
+    g.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--quantize", default=None, choices=("int8", "bnb8", "bnb4", "awq"))
+    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    g.add_argument("--onnx-threads", type=int, default=None)
+    g.add_argument("--flow-steps", type=int, default=None)
+    g.add_argument("--cache-dir", type=Path, default=None, help="prompt cache dir (env EDITX_CACHE_DIR)")
+    g.add_argument("--no-cache", action="store_true", help="disable the prompt cache")
+    g.add_argument("--redis-url", default=None, help="shared cache tier (env EDITX_REDIS_URL)")
+    g.add_argument("--no-warmup", action="store_true")
+
+
+def _engine_config(args: argparse.Namespace, **extra):
+    from editx.config import EngineConfig
+
+    return EngineConfig.from_env(
+        model_dir=args.model_dir, backend=args.backend, device=args.device, dtype=args.dtype,
+        quantize=args.quantize, threads=args.threads, onnx_threads=args.onnx_threads,
+        flow_steps=args.flow_steps, cache_dir=args.cache_dir, redis_url=args.redis_url,
+        cache_enabled=False if args.no_cache else None, warmup=False if args.no_warmup else None, **extra)
+
+
+def _load_engine(args: argparse.Namespace, **extra):
+    from editx.pipeline.engine import Engine
+
+    return Engine.load(_engine_config(args, **extra))
+
+
+def _read_audio(path: Path):
+    from editx.audio.io import load_audio
+    from editx.pipeline.types import PromptAudio
+
+    audio = load_audio(path)
+    return PromptAudio(audio.samples, audio.sample_rate)
+
+
+def _write_result(result, out: Path, timeline_json: Path | None) -> None:
+    from editx.audio.io import encode_audio
+    from editx.telemetry.timing import format_timeline
+
+    fmt = out.suffix.lstrip(".").lower() or "wav"
+    out.write_bytes(encode_audio(result.audio, result.sample_rate, fmt))
+    print(format_timeline(result.timeline))
+    print(f"wrote {out} ({result.duration_s:.2f} s, backend {result.backend})")
+    if timeline_json:
+        timeline_json.write_text(json.dumps(result.timeline, indent=2))
+
+
+def _stream_to_file(engine, request, out: Path) -> None:
+    import time
+
+    import numpy as np
+
+    from editx.audio.io import wav_header
+
+    t0, first, n = time.perf_counter(), None, 0
+    with open(out, "wb") as fh:
+        fh.write(wav_header(engine.backend.sample_rate))
+        for chunk in engine.stream(request):
+            if first is None:
+                first = time.perf_counter() - t0
+                print(f"first audio after {first:.3f} s", flush=True)
+            pcm = (np.clip(chunk.samples, -1, 1) * 32767).astype("<i2").tobytes()
+            fh.write(pcm)
+            n += chunk.samples.size
+    _fix_wav_sizes(out)
+    print(f"wrote {out} ({n / engine.backend.sample_rate:.2f} s streamed, total {time.perf_counter() - t0:.2f} s)")
+
+
+def _fix_wav_sizes(path: Path) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(4)
+        fh.write((size - 8).to_bytes(4, "little"))
+        fh.seek(40)
+        fh.write((size - 44).to_bytes(4, "little"))
+
+
+# ---- commands ------------------------------------------------------------------------------------
+def _cmd_clone(args: argparse.Namespace) -> int:
+    from editx.pipeline.types import CloneRequest
+
+    prompt_audio = args.prompt_audio or DEFAULT_PROMPT
+    prompt_text = args.prompt_text
+    if prompt_text is None:
+        if args.prompt_audio is not None:
+            raise EditxError("--prompt-text (the transcript of --prompt-audio) is required")
+        prompt_text = DEFAULT_PROMPT.with_suffix(".txt").read_text().strip()
+    if not Path(prompt_audio).is_file():
+        raise EditxError(f"prompt audio {prompt_audio} does not exist")
+    audio = _read_audio(Path(prompt_audio))
+    req = CloneRequest(audio, prompt_text, args.text, seed=args.seed, edit_type=args.edit_type,
+                       edit_info=args.edit_info, iterations=args.iterations, speed=args.speed)
+    with _load_engine(args) as engine:
+        if args.stream:
+            _stream_to_file(engine, req, args.output)
+        else:
+            _write_result(engine.run(req), args.output, args.timeline_json)
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from editx.pipeline.types import EditRequest
+
+    if not args.audio.is_file():
+        raise EditxError(f"audio {args.audio} does not exist")
+    req = EditRequest(_read_audio(args.audio), args.audio_text, args.type, args.info, text=args.text,
+                      iterations=args.iterations, seed=args.seed)
+    with _load_engine(args) as engine:
+        if args.stream:
+            _stream_to_file(engine, req, args.output)
+        else:
+            _write_result(engine.run(req), args.output, args.timeline_json)
+    return 0
+
+
+def _cmd_edits(args: argparse.Namespace) -> int:
+    from editx.lm.prompts import EDIT_OPTIONS
+
+    for edit_type, values in EDIT_OPTIONS.items():
+        print(f"{edit_type}: {', '.join(values) if values else '(no value)'}")
+    return 0
+
+
+def _cmd_voices(args: argparse.Namespace) -> int:
+    from editx.server.settings import default_data_dir
+    from editx.server.voices import SQLiteVoiceStore
+
+    store = SQLiteVoiceStore(args.data_dir or default_data_dir())
+    if args.voices_command == "add":
+        v = store.add(args.name, args.prompt_text, _read_audio(args.audio))
+        print(v.id)
+    elif args.voices_command == "delete":
+        store.delete(args.voice_id)
+        print(f"deleted {args.voice_id}")
+    else:
+        for v in store.list():
+            print(f"{v.id}  {v.duration_s:6.2f}s  {v.name}: {v.prompt_text}")
+    return 0
+
+
+def _cmd_warmup(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    engine = _load_engine(args)
+    load_s = time.perf_counter() - t0
+    cost = engine.warmup() if not args.no_warmup else {}
+    print(json.dumps({"load_s": round(load_s, 3), **cost}, indent=2, default=str))
+    engine.close()
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from editx.cache.tiered import TieredCache, default_cache_dir
+
+    cache = TieredCache(memory_bytes=0, disk_dir=args.cache_dir or default_cache_dir(), disk_bytes=2**62)
+    if args.cache_command == "clear":
+        cache.clear()
+        print("cache cleared")
+    elif args.cache_command == "verify":
+        print(json.dumps(cache.verify(), indent=2, default=str))
+    else:
+        print(json.dumps(cache.stats(), indent=2, default=str))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from editx.server.run import serve
+
+    return serve(args, _engine_config(args))
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from editx.hub import download
+
+    paths = download(args.dir, source=args.source)
+    print(f"downloaded into {paths.root}")
+    return 0
 
 
 def _cmd_fixtures(args: argparse.Namespace) -> int:
@@ -26,6 +218,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
+    c = sub.add_parser("clone", help="speak TEXT in the voice of a prompt clip")
+    _add_engine_args(c)
+    c.add_argument("--prompt-audio", type=Path, default=None, help="reference clip (default: the bundled one)")
+    c.add_argument("--prompt-text", default=None, help="transcript of the reference clip")
+    c.add_argument("--text", required=True)
+    c.add_argument("--edit-type", default=None, help="also apply this edit to the result")
+    c.add_argument("--edit-info", default=None)
+    c.add_argument("--iterations", type=int, default=1)
+    c.add_argument("--speed", type=float, default=1.0)
+    _add_output_args(c)
+    c.set_defaults(func=_cmd_clone)
+
+    e = sub.add_parser("edit", help="edit a clip: emotion, style, speed, paralinguistic, denoise, vad")
+    _add_engine_args(e)
+    e.add_argument("--audio", type=Path, required=True)
+    e.add_argument("--audio-text", required=True, help="transcript of --audio")
+    e.add_argument("--type", required=True, help="edit type (see `editx edits`)")
+    e.add_argument("--info", default=None, help="edit value (see `editx edits`)")
+    e.add_argument("--text", default=None, help="new text (paralinguistic edits)")
+    e.add_argument("--iterations", type=int, default=1)
+    _add_output_args(e)
+    e.set_defaults(func=_cmd_edit)
+
+    sub.add_parser("edits", help="list edit types and their values").set_defaults(func=_cmd_edits)
+
+    v = sub.add_parser("voices", help="the voice registry")
+    v.add_argument("--data-dir", type=Path, default=None)
+    vs = v.add_subparsers(dest="voices_command", required=True)
+    vs.add_parser("list")
+    va = vs.add_parser("add")
+    va.add_argument("audio", type=Path)
+    va.add_argument("--prompt-text", required=True)
+    va.add_argument("--name", default="voice")
+    vd = vs.add_parser("delete")
+    vd.add_argument("voice_id")
+    v.set_defaults(func=_cmd_voices)
+
+    w = sub.add_parser("warmup", help="load, warm up and report what it cost")
+    _add_engine_args(w)
+    w.set_defaults(func=_cmd_warmup)
+
+    ca = sub.add_parser("cache", help="prompt cache: stats | clear | verify")
+    ca.add_argument("cache_command", choices=("stats", "clear", "verify"))
+    ca.add_argument("--cache-dir", type=Path, default=None)
+    ca.set_defaults(func=_cmd_cache)
+
+    s = sub.add_parser("serve", help="HTTP API + web UI")
+    _add_engine_args(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--data-dir", type=Path, default=None)
+    s.set_defaults(func=_cmd_serve)
+
+    d = sub.add_parser("download", help="download the official weights (needs network)")
+    d.add_argument("dir", type=Path)
+    d.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface")
+    d.set_defaults(func=_cmd_download)
+
     fx = sub.add_parser("fixtures", help="write random-weight checkpoints in the official layouts")
     fx_sub = fx.add_subparsers(dest="fixtures_command", required=True)
     mk = fx_sub.add_parser("make", help="write DIR/Step-Audio-Tokenizer and DIR/Step-Audio-EditX")
@@ -34,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--seed", type=int, default=0)
     mk.set_defaults(func=_cmd_fixtures)
     return p
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file (.wav .flac .mp3 .ogg)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action="store_true", help="write audio as it is produced; prints TTFA")
+    p.add_argument("--timeline-json", type=Path, default=None, help="write the stage timeline as JSON")
 
 
 def _configure_logging(fmt: str, verbose: bool) -> None:
@@ -49,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EditxError as exc:
         print(f"editx: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable/unwritable paths given on the command line
+        print(f"editx: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("editx: interrupted", file=sys.stderr)

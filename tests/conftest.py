@@ -33,3 +33,55 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     fixtures.make(root, preset="tiny", seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    """The editx backend on the tiny fixture, loaded once per test session."""
+    import torch
+
+    from editx.config import EngineConfig, SamplingConfig
+    from editx.pipeline.stepaudio import StepAudioBackend
+
+    torch.set_num_threads(2)
+    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4)
+    return StepAudioBackend.load(cfg)
+
+
+@pytest.fixture()
+def make_engine(tiny_backend, tmp_path):
+    """Build Engines around the shared tiny backend (a fresh cache dir each test); closed afterwards."""
+    from editx.cache.tiered import TieredCache
+    from editx.pipeline.engine import Engine
+
+    made = []
+
+    def _make(cache: bool = True, **overrides):
+        config = tiny_backend.config.with_(**overrides) if overrides else tiny_backend.config
+        tiny_backend.config = config
+        c = TieredCache(64 * 2**20, tmp_path / "cache", 2**30) if cache else None
+        eng = Engine(config, tiny_backend, c)
+        eng.ready = True
+        made.append(eng)
+        return eng
+
+    base = tiny_backend.config
+    yield _make
+    for eng in made:
+        eng.close()
+    tiny_backend.config = base
+
+
+def speechlike(seconds: float = 2.0, sr: int = 16000, seed: int = 0):
+    """A deterministic speech-like test clip (AM harmonics with pauses), mono float32."""
+    import numpy as np
+
+    from editx.pipeline.types import PromptAudio
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    x = 0.3 * x / np.max(np.abs(x)) + 0.003 * rng.standard_normal(t.size)
+    return PromptAudio(x.astype(np.float32), sr)

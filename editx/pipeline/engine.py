@@ -1,0 +1,340 @@
+"""The Engine: the one stateful object. Loads a backend, owns the prompt cache and a model worker.
+
+Every public call becomes a job on a bounded queue. A single worker thread owns the models, so
+concurrent callers are never interleaved on shared state; it drains up to `max_batch` waiting jobs
+and runs them as one round (the editx backend decodes their LM tokens as one batch). Iterated edits
+take one round per iteration, feeding each output back as the next input, as upstream does.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from editx.config import EngineConfig
+from editx.errors import CancelledError, EditxError, QueueFullError
+from editx.pipeline.types import (
+    AudioChunk,
+    CloneRequest,
+    EditRequest,
+    PromptAudio,
+    Request,
+    Result,
+    Step,
+    plan_steps,
+)
+from editx.telemetry.log import log_event
+from editx.telemetry.metrics import get_metrics
+from editx.telemetry.timing import Timeline
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class Backend(Protocol):
+    """What the Engine needs from a model backend (editx = Step-Audio-EditX, lite = Kokoro)."""
+
+    name: str
+    feature_version: str  # bumps whenever prompt features change meaning; part of every cache key
+    sample_rate: int
+    native_speed: bool  # True: the clone round honours `speed` itself; False: a speed edit is appended
+
+    def fingerprint(self) -> str: ...
+    def supports_edit(self, edit_type: str) -> bool: ...
+    def check(self, request: Request) -> None: ...
+    def encode_prompt(self, audio: PromptAudio, timeline: Timeline | None = None) -> Any: ...
+    def run_round(self, jobs: list[Job]) -> None: ...
+    def warmup(self) -> None: ...
+
+
+@dataclass
+class Job:
+    """One request in flight. Only the worker thread touches its mutable fields."""
+
+    request: Request
+    steps: tuple[Step, ...]
+    timeline: Timeline
+    future: Future
+    generator: torch.Generator
+    emit: Callable[[AudioChunk], None] | None = None  # set for streaming requests
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    iteration: int = 0
+    current: PromptAudio | None = None  # the input of the current round
+    prompt: Any = None  # the backend's prompt encoding for `current`
+    cache_key: str | None = None  # prompt-cache key of the first round's input
+    output: np.ndarray | None = None  # the output of the latest finished round
+    lm_tokens: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def step(self) -> Step:
+        return self.steps[self.iteration]
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise CancelledError("request cancelled by its caller")
+
+
+class Engine:
+    """Load once, then clone/edit/stream from any thread."""
+
+    def __init__(self, config: EngineConfig, backend: Backend, cache=None) -> None:
+        self.config = config
+        self.backend = backend
+        self.cache = cache
+        backend.cache = cache  # backends may keep memory-only attachments (LM prefix KV) there
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self._inflight = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self.ready = False
+        self._worker = threading.Thread(target=self._run_worker, name="editx-worker", daemon=True)
+        self._worker.start()
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, config: EngineConfig | None = None) -> Engine:
+        """Pick and load the backend named by the config (editx when a model dir is set, else lite)."""
+        from editx.pipeline.backends import load_backend, make_cache
+
+        config = config or EngineConfig.from_env()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        backend = load_backend(config)
+        log.info("engine loaded", extra={"backend": backend.name, "model_dir": str(config.model_dir)})
+        engine = cls(config, backend, make_cache(config))
+        if config.warmup:
+            engine.warmup()
+        engine.ready = True
+        return engine
+
+    def warmup(self) -> dict[str, Any]:
+        """Run dummy work through every stage so the first real request pays no one-time costs."""
+        t0 = time.perf_counter()
+        self._call(self.backend.warmup)
+        cost = time.perf_counter() - t0
+        log.info("warm-up done", extra={"warmup_s": round(cost, 3), "backend": self.backend.name})
+        self.ready = True
+        return {"backend": self.backend.name, "warmup_s": cost}
+
+    # ---- public API ---------------------------------------------------------------------------
+    def clone(self, prompt_audio: PromptAudio, prompt_text: str, text: str, *, seed: int | None = None,
+              sampling=None) -> Result:
+        return self.run(CloneRequest(prompt_audio, prompt_text, text, seed=seed, sampling=sampling))
+
+    def edit(self, audio: PromptAudio, audio_text: str, edit_type: str, info: str | None = None, *,
+             text: str | None = None, iterations: int = 1, seed: int | None = None, sampling=None) -> Result:
+        return self.run(EditRequest(audio, audio_text, edit_type, info, text=text, iterations=iterations,
+                                    seed=seed, sampling=sampling))
+
+    def run(self, request: Request, timeout: float | None = None) -> Result:
+        return self.submit(request).result(timeout=timeout)
+
+    def submit(self, request: Request, emit: Callable[[AudioChunk], None] | None = None) -> Future:
+        """Queue a request; the Future resolves to a Result. Raises QueueFullError when full."""
+        self.backend.check(request)  # reject unsupported work before it takes a queue slot
+        gen = torch.Generator().manual_seed(request.seed if request.seed is not None else _fresh_seed())
+        steps = plan_steps(request, native_speed=self.backend.native_speed)
+        job = Job(request=request, steps=steps, timeline=Timeline(op=request.op), future=Future(), generator=gen,
+                  emit=emit)
+        job.current = request.prompt_audio if isinstance(request, CloneRequest) else request.audio
+        job.future.job = job  # type: ignore[attr-defined]  # lets callers cancel
+        if self._closed:
+            raise EditxError("engine is closed")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFullError(f"the request queue is full ({self.config.queue_size} waiting); retry later",
+                                 retry_after_s=1.0) from None
+        return job.future
+
+    def stream(self, request: Request) -> Iterator[AudioChunk]:
+        """Yield audio chunks as they are produced; closing the iterator cancels the request."""
+        chunks: queue.Queue = queue.Queue()
+        fut = self.submit(request, emit=chunks.put)
+        fut.add_done_callback(lambda _f: chunks.put(_STOP))
+        try:
+            while True:
+                item = chunks.get()
+                if item is _STOP:
+                    break
+                yield item
+            fut.result()  # re-raise the job's error, if any
+        finally:
+            if not fut.done():
+                fut.job.cancelled.set()  # type: ignore[attr-defined]
+
+    def warm_prompt(self, audio: PromptAudio) -> str:
+        """Encode a prompt into the cache now (voice registration); returns the cache outcome."""
+        if self.cache is None:
+            return "off"
+        from editx.pipeline.backends import prompt_cache_key
+
+        key = prompt_cache_key(self.backend, audio)
+        _, outcome = self._call(lambda: self.cache.get_or_compute(
+            key, lambda: self.backend.to_entry(self.backend.encode_prompt(audio))))
+        return outcome
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded: backend, model dir, output rate (for /v1/models, the UI, logs)."""
+        return {"backend": self.backend.name, "model_dir": str(self.config.model_dir or ""),
+                "sample_rate": self.backend.sample_rate, "ready": self.ready}
+
+    def edit_options(self) -> dict[str, Any]:
+        """Edit types and values this backend can run (all upstream ones for editx)."""
+        from editx.lm.prompts import EDIT_OPTIONS
+
+        return {t: list(v) for t, v in EDIT_OPTIONS.items() if self.backend.supports_edit(t)}
+
+    @staticmethod
+    def cancel(future: Future) -> None:
+        future.job.cancelled.set()  # type: ignore[attr-defined]
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._worker.join(timeout=30)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- worker -------------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the worker thread (model state is only touched there) and wait for it."""
+        fut: Future = Future()
+        self._queue.put(("call", fn, fut))
+        return fut.result()
+
+    def _run_worker(self) -> None:
+        active: list[Job] = []
+        while True:
+            block = not active
+            try:
+                item = self._queue.get(block=block)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                for job in active:
+                    _fail(job, EditxError("engine closed"))
+                return
+            if isinstance(item, tuple):
+                _, fn, fut = item
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
+                continue
+            if item is not None:
+                active.append(item)
+            while len(active) < self.config.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP or isinstance(more, tuple):
+                    self._queue.put(more)  # handle it after this round
+                    break
+                active.append(more)
+            active = self._round(active)
+
+    def _round(self, jobs: list[Job]) -> list[Job]:
+        """Prepare every job's prompt, run one backend round, settle finished jobs."""
+        ready: list[Job] = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                _fail(job, CancelledError("request cancelled by its caller"))
+                continue
+            try:
+                self._prepare(job)
+                ready.append(job)
+            except BaseException as exc:  # noqa: BLE001 - one bad request never stops the worker
+                _fail(job, exc)
+        if not ready:
+            return []
+        try:
+            self.backend.run_round(ready)
+        except BaseException as exc:  # noqa: BLE001
+            log.exception("backend round failed") if not isinstance(exc, EditxError) else None
+            for job in ready:
+                _fail(job, exc)
+            return []
+        remaining = []
+        for job in ready:
+            if job.future.done():  # the backend failed or cancelled this one alone
+                continue
+            job.iteration += 1
+            if job.iteration < len(job.steps):
+                job.current = PromptAudio(job.output, self.backend.sample_rate)
+                job.prompt = None
+                remaining.append(job)
+            else:
+                self._finish(job)
+        return remaining
+
+    def _prepare(self, job: Job) -> None:
+        """Prompt encoding for this round, through the cache (first round only: later rounds'
+        inputs are this request's own intermediate outputs, which nobody will ask for again)."""
+        if job.prompt is not None:
+            return
+        tl = job.timeline
+        if job.iteration > 0 or self.cache is None:
+            with tl.stage("prompt_encode", cache="off" if self.cache is None else "bypass"):
+                job.prompt = self.backend.encode_prompt(job.current, tl)
+            return
+        from editx.pipeline.backends import prompt_cache_key
+
+        job.cache_key = key = prompt_cache_key(self.backend, job.current)
+        with tl.stage("prompt_encode") as st:
+            entry, outcome = self.cache.get_or_compute(key, lambda: self.backend.to_entry(
+                self.backend.encode_prompt(job.current, tl)))
+            st["cache"] = outcome
+        tl.set_cache("prompt", outcome)
+        get_metrics().observe_cache_outcome(outcome, self.cache.tiers)
+        job.prompt = self.backend.from_entry(entry)
+
+    def _finish(self, job: Job) -> None:
+        audio = job.output
+        snap = job.timeline.finish(audio_s=audio.size / self.backend.sample_rate, lm_tokens=job.lm_tokens)
+        timeline = snap.to_dict()
+        result = Result(audio=audio, sample_rate=self.backend.sample_rate, timeline=timeline,
+                        backend=self.backend.name, lm_tokens=job.lm_tokens, iterations=job.rounds)
+        get_metrics().observe_timeline(timeline, backend=self.backend.name, status="ok")
+        log_event(log, "request", op=job.request.op, backend=self.backend.name, status="ok",
+                  audio_s=round(snap.audio_s or 0.0, 3), total_s=round(snap.total_s, 3),
+                  rtf=None if snap.rtf is None else round(snap.rtf, 3), cache=dict(snap.cache),
+                  lm_tokens=job.lm_tokens, rounds=len(job.rounds))
+        job.future.set_result(result)
+
+
+def _fail(job: Job, exc: BaseException) -> None:
+    if job.future.done():
+        return
+    status = "cancelled" if isinstance(exc, CancelledError) else "error"
+    if not isinstance(exc, EditxError):
+        log.error("request failed: %s", exc, exc_info=exc)
+    log_event(log, "request", op=job.request.op, status=status, error=str(exc))
+    get_metrics().observe_timeline(job.timeline.finish().to_dict(), status=status)
+    job.future.set_exception(exc)
+
+
+def _fresh_seed() -> int:
+    return int.from_bytes(np.random.default_rng().bytes(7), "little")

@@ -1,0 +1,242 @@
+"""The `editx` backend: Step-Audio-EditX proper (tokenizer → Step1 LM → CosyVoice flow → HiFT).
+
+Holds the loaded models and runs one Engine round for a batch of jobs: build each job's LM prompt
+(clone or edit), decode all of them as one batch, then run the flow decoder and vocoder per job.
+Holds no per-request state: everything request-specific lives on the Engine's Job objects.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from editx.config import EngineConfig, resolve_device, resolve_dtype
+from editx.errors import CancelledError, EditxError
+from editx.pipeline.prompt import FEATURE_VERSION, PromptEncoding, encode_prompt
+from editx.pipeline.types import OUTPUT_SAMPLE_RATE, AudioChunk, PromptAudio
+
+log = logging.getLogger(__name__)
+
+WARMUP_TOKENS = 15  # 3 flow rows: enough for every kernel shape class
+
+
+class StepAudioBackend:
+    name = "editx"
+    feature_version = FEATURE_VERSION
+    sample_rate = OUTPUT_SAMPLE_RATE
+    native_speed = False
+
+    def __init__(self, config: EngineConfig, paths, tokenizer, lm, text_tokenizer, decoder, device) -> None:
+        self.config, self.paths = config, paths
+        self.tokenizer, self.lm, self.text_tokenizer, self.decoder = tokenizer, lm, text_tokenizer, decoder
+        self.device = device
+        self.cache = None  # set by the Engine: voice-prefix KV snapshots live in its memory tier
+        self._fingerprint: str | None = None
+        self._decode_session = None
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> StepAudioBackend:
+        from editx.decoder import load_decoder
+        from editx.hub import resolve_model_dir
+        from editx.lm.loader import load_step1
+        from editx.lm.text_tokenizer import TextTokenizer
+        from editx.tokenizer import StepAudioTokenizer
+
+        if config.model_dir is None:
+            raise EditxError("the editx backend needs --model-dir (or EDITX_MODEL_DIR)")
+        paths = resolve_model_dir(config.model_dir)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+            torch.backends.cudnn.allow_tf32 = config.allow_tf32
+        log.info("loading Step-Audio-EditX", extra={"model_dir": str(paths.root), "device": str(device),
+                                                    "dtype": str(dtype), "quantize": config.quantize,
+                                                    "onnx_threads": config.onnx_threads,
+                                                    "torch_threads": torch.get_num_threads()})
+        tokenizer = StepAudioTokenizer.load(paths.tokenizer_dir, device=device, onnx_threads=config.onnx_threads,
+                                            onnx_providers=config.onnx_providers)
+        lm = load_step1(paths.lm_dir, device=device, dtype=dtype, quantize=config.quantize)
+        text_tok = TextTokenizer.load(paths.lm_dir)
+        decoder = load_decoder(paths.cosyvoice_dir, device=device, dtype=dtype, onnx_threads=config.onnx_threads,
+                               providers=config.onnx_providers)
+        return cls(config, paths, tokenizer, lm, text_tok, decoder, device)
+
+    # ---- Engine protocol ------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from editx.cache.keys import fingerprint_files
+
+            self._fingerprint = fingerprint_files([self.paths.tokenizer_dir, self.paths.lm_dir])
+        return self._fingerprint
+
+    def supports_edit(self, edit_type: str) -> bool:
+        return True
+
+    def check(self, request) -> None:
+        """Everything the upstream model does is supported; requests validate themselves."""
+
+    def encode_prompt(self, audio: PromptAudio, timeline=None) -> PromptEncoding:
+        return encode_prompt(self.tokenizer, self.decoder, audio, timeline)
+
+    @staticmethod
+    def to_entry(enc: PromptEncoding):
+        from editx.cache import CacheEntry
+
+        return CacheEntry(tensors=enc.to_tensors(), meta={"kind": "stepaudio", "version": FEATURE_VERSION})
+
+    @staticmethod
+    def from_entry(entry) -> PromptEncoding:
+        return PromptEncoding.from_tensors(entry.tensors)
+
+    def build_edit_prompt(self, job) -> list[int]:
+        """LM prompt ids for an edit step (upstream `_encode_audio_edit_prompt`)."""
+        from editx.lm import prompts
+        from editx.tokenizer.speech import mixed_to_string
+
+        step = job.step
+        return prompts.build_edit_prompt(self.text_tokenizer, edit_type=step.edit_type, edit_info=step.edit_info,
+                                         audio_text=step.text, audio_tokens_str=mixed_to_string(job.prompt.mixed),
+                                         new_text=step.new_text)
+
+    def run_round(self, jobs) -> None:
+        prompts, prefixes = zip(*(self._lm_prompt(job) for job in jobs))
+        outputs = self._generate(jobs, list(prompts), list(prefixes))
+        for job, ids in zip(jobs, outputs):
+            if ids is None:
+                continue  # cancelled during decoding; already settled
+            try:
+                self._decode(job, ids)
+            except Exception as exc:  # noqa: BLE001 - fail this job only
+                if not job.future.done():
+                    job.future.set_exception(exc)
+
+    def _lm_prompt(self, job) -> tuple[list[int], tuple[list[int], object] | None]:
+        """The job's LM prompt, and for clones the voice prefix with its cached KV snapshot (or None)."""
+        step = job.step
+        if step.op != "clone":
+            return self.build_edit_prompt(job), None
+        from editx.lm import prompts
+        from editx.tokenizer.speech import mixed_to_string
+
+        speaker = prompts.clone_speaker_name(step.prompt_text, job.current.samples)
+        prefix, suffix = prompts.build_clone_prompt_parts(
+            self.text_tokenizer, speaker_name=speaker, prompt_text=step.prompt_text,
+            prompt_audio_tokens_str=mixed_to_string(job.prompt.mixed), target_text=step.text)
+        snap = None
+        if self.cache is not None and job.cache_key is not None:
+            snap = self.cache.attachment(job.cache_key, self._prefix_name(prefix))
+        return prefix + suffix, (prefix, snap)
+
+    def _prefix_name(self, prefix: list[int]) -> str:
+        import hashlib
+
+        digest = hashlib.blake2b(np.asarray(prefix, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+        return f"lm_prefix:{self.device}:{digest}"
+
+    def _session(self):
+        from editx.lm.generate import DecodeSession
+
+        if self._decode_session is None:  # one static KV cache for the life of the backend
+            self._decode_session = DecodeSession(self.lm, max_batch=self.config.max_batch,
+                                                 max_length=self.config.sampling.max_length)
+        return self._decode_session
+
+    def _generate(self, jobs, prompts: list[list[int]], prefixes: list) -> list[list[int] | None]:
+        """Decode every job's prompt as one batch; honours cancellation and max_new_tokens per job."""
+        import time
+
+        session = self._session()
+        owner: dict[int, int] = {}
+        results: list[list[int] | None] = [None] * len(jobs)
+        hit_prefix = [False] * len(jobs)
+        for i, (job, prompt, pre) in enumerate(zip(jobs, prompts, prefixes)):
+            sampling = job.request.sampling or self.config.sampling
+            snap = pre[1] if pre is not None else None
+            hit_prefix[i] = snap is not None
+            owner[session.add(prompt, sampling=sampling, generator=job.generator, prefix=snap)] = i
+        t_start = [job.timeline.elapsed() for job in jobs]
+        t0 = time.perf_counter()
+        first_step, t_prefill = True, 0.0
+        while owner:
+            events = session.step()
+            if first_step:
+                t_prefill, first_step = time.perf_counter() - t0, False
+                self._store_prefixes(session, jobs, owner, prefixes, hit_prefix)
+            for ev in events:
+                i = owner.get(ev.slot)
+                if i is None:
+                    continue
+                job = jobs[i]
+                cap = (job.request.sampling or self.config.sampling).max_new_tokens
+                if job.cancelled.is_set():
+                    session.release(ev.slot)
+                    del owner[ev.slot]
+                    job.future.set_exception(CancelledError("request cancelled by its caller"))
+                    continue
+                if ev.finished or (cap is not None and len(session.result(ev.slot)) >= cap):
+                    results[i] = session.result(ev.slot)
+                    session.release(ev.slot)
+                    del owner[ev.slot]
+        total = time.perf_counter() - t0
+        for i, job in enumerate(jobs):
+            n = len(results[i] or ())
+            job.timeline.add_stage("lm_prefill", t_start[i], t_prefill, batch=len(jobs),
+                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss")
+            job.timeline.add_stage("lm_decode", t_start[i] + t_prefill, max(0.0, total - t_prefill),
+                                   batch=len(jobs), tokens=n)
+            if prefixes[i] is not None:
+                job.timeline.set_cache("lm_prefix", "memory" if hit_prefix[i] else "miss")
+        return results
+
+    def _store_prefixes(self, session, jobs, owner, prefixes, hit_prefix) -> None:
+        """After prefill, keep each new voice prefix's KV next to its prompt encoding (memory tier)."""
+        if self.cache is None:
+            return
+        for slot, i in owner.items():
+            job, pre = jobs[i], prefixes[i]
+            if pre is None or hit_prefix[i] or job.cache_key is None:
+                continue
+            snap = session.snapshot(slot, len(pre[0]))
+            self.cache.attach(job.cache_key, self._prefix_name(pre[0]), snap, snap.nbytes)
+
+    def _decode(self, job, ids: list[int]) -> None:
+        from editx.tokenizer.speech import lm_ids_to_mixed
+
+        tl, enc = job.timeline, job.prompt
+        mixed = lm_ids_to_mixed(ids, drop_invalid=True)
+        job.lm_tokens += len(ids)
+        with tl.stage("flow", tokens=int(mixed.size), steps=self.config.flow_steps):
+            mel = self.decoder.token2mel(enc.mixed, enc.mel, enc.spk, mixed, n_steps=self.config.flow_steps)
+        with tl.stage("vocoder", frames=int(mel.shape[-1])):
+            audio = self.decoder.mel2wav(mel, generator=job.generator)
+        job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
+        job.rounds.append({"step": job.step.op, "edit_type": job.step.edit_type, "edit_info": job.step.edit_info,
+                           "lm_tokens": len(ids), "audio_s": job.output.size / self.sample_rate})
+        if job.emit is not None and job.iteration == len(job.steps) - 1:
+            tl.mark("first_audio")
+            job.emit(AudioChunk(job.output, self.sample_rate, index=0, final=True))
+
+    def warmup(self) -> None:
+        """A short synthetic clip through every stage (tokenizer, LM prefill + decode, flow, vocoder)."""
+        from concurrent.futures import Future
+        from dataclasses import replace
+
+        from editx.pipeline.engine import Job
+        from editx.pipeline.types import CloneRequest, plan_steps
+        from editx.telemetry.timing import Timeline
+
+        t = np.arange(int(1.5 * 16000), dtype=np.float32) / 16000
+        samples = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+        # a few tokens are enough to touch every kernel; random or real weights alike
+        sampling = replace(self.config.sampling, max_new_tokens=WARMUP_TOKENS)
+        req = CloneRequest(PromptAudio(samples, 16000), "warm up", "warm up", seed=0, sampling=sampling)
+        job = Job(request=req, steps=plan_steps(req, native_speed=False), timeline=Timeline(op="warmup"),
+                  future=Future(), generator=torch.Generator().manual_seed(0))
+        job.current = req.prompt_audio
+        job.prompt = self.encode_prompt(job.current)
+        self.run_round([job])
+        if job.future.done():
+            job.future.result()  # surface a warm-up failure

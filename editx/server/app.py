@@ -1,0 +1,213 @@
+"""FastAPI application: OpenAI-compatible speech, edits, voices, health, metrics and the web UI.
+
+One process, one Engine. Blocking model work never runs on the event loop: requests are submitted
+to the Engine's bounded queue and awaited as futures; a client that disconnects cancels its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from editx.errors import (
+    AudioError,
+    BackendUnsupportedError,
+    CancelledError,
+    EditxError,
+    ModelFilesError,
+    QueueFullError,
+    ValidationError,
+)
+from editx.server.settings import ServerSettings
+from editx.server.voices import SQLiteVoiceStore, UnknownVoiceError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/static", "/openapi.json", "/docs")
+
+
+class EngineHolder:
+    """Holds the Engine once loaded (in a background thread, so /healthz answers during load)."""
+
+    def __init__(self, engine=None, loader=None) -> None:
+        self.engine = engine
+        self.error: str | None = None
+        self._loader = loader
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.engine is None and self._loader is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._load, name="editx-load", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self.engine = self._loader()
+        except Exception as exc:
+            log.exception("engine failed to load")
+            self.error = str(exc)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and getattr(self.engine, "ready", False)
+
+
+def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": code, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+def _status_for(exc: EditxError) -> tuple[int, str]:
+    if isinstance(exc, UnknownVoiceError):
+        return 404, "not_found"
+    if isinstance(exc, QueueFullError):
+        return 429, "queue_full"
+    if isinstance(exc, (ValidationError, AudioError)):
+        return 400, "invalid_request"
+    if isinstance(exc, BackendUnsupportedError):
+        return 400, "unsupported_by_backend"
+    if isinstance(exc, CancelledError):
+        return 499, "cancelled"
+    if isinstance(exc, ModelFilesError):
+        return 503, "model_unavailable"
+    return 500, "editx_error"
+
+
+class BodyLimitMiddleware:
+    """Reject bodies over the limit (by Content-Length, and by counting chunked bodies)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                resp = error_response(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
+                return await resp(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLarge:
+            resp = error_response(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
+            await resp(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None) -> FastAPI:
+    """Build the app around a loaded `engine`, or a `loader` that builds one in the background."""
+    settings = settings or ServerSettings.from_env()
+    holder = EngineHolder(engine, loader)
+    store = store or SQLiteVoiceStore(settings.data_dir)
+    app = FastAPI(title="editx", version="0.1.0",
+                  description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
+    app.state.holder, app.state.settings, app.state.store = holder, settings, store
+
+    @app.on_event("startup")
+    async def _startup() -> None:
+        holder.start()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        path = request.url.path
+        if settings.api_keys and path.startswith("/v1/"):
+            auth = request.headers.get("authorization", "")
+            key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            if key not in settings.api_keys:
+                return error_response(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                                      "unauthorized", {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(EditxError)
+    async def _editx_error(_request: Request, exc: EditxError):
+        status, code = _status_for(exc)
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, QueueFullError) else None
+        return error_response(status, str(exc), code, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return error_response(422, "; ".join(parts) or "invalid request", "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), "http_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal error (see the server log)", "internal_error")
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+
+    from editx.server.routes_admin import router as admin_router
+    from editx.server.routes_audio import router as audio_router
+
+    app.include_router(admin_router)
+    app.include_router(audio_router)
+
+    @app.get("/", include_in_schema=False)
+    async def _index():
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return app
+
+
+def engine_of(request: Request):
+    """The loaded engine, or a 503 telling the client to retry."""
+    holder: EngineHolder = request.app.state.holder
+    if not holder.ready:
+        msg = f"model failed to load: {holder.error}" if holder.error else "model is loading; retry shortly"
+        raise _NotReady(msg)
+    return holder.engine
+
+
+class _NotReady(ModelFilesError):
+    pass
+
+
+async def await_job(request: Request, engine, future):
+    """Await an Engine future without blocking the loop; cancel it if the client goes away."""
+    wrapped = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({wrapped}, timeout=0.25)
+        if done:
+            return wrapped.result()
+        if await request.is_disconnected():
+            engine.cancel(future)
+            raise CancelledError("client disconnected")
+
+
+def timeline_header(timeline: dict) -> str:
+    """Compact JSON of a timeline for the X-Editx-Timeline header (ASCII only)."""
+    return json.dumps(timeline, separators=(",", ":"), ensure_ascii=True, default=str)

@@ -1,0 +1,93 @@
+"""Voices, health, readiness, metrics, models, edits and cache routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from editx.server.app import engine_of
+from editx.server.schemas import VoiceOut
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["health"], summary="The process is alive")
+async def healthz():
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"], summary="Models loaded and warmed (503 before)")
+async def readyz(request: Request):
+    holder = request.app.state.holder
+    if holder.ready:
+        return {"status": "ready", "backend": holder.engine.backend.name}
+    body = {"status": "failed" if holder.error else "loading"}
+    if holder.error:
+        body["error"] = holder.error
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics")
+async def metrics():
+    from editx.telemetry.metrics import render_latest
+
+    body, content_type = render_latest()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/v1/models", tags=["info"])
+async def models(request: Request):
+    engine = engine_of(request)
+    settings = request.app.state.settings
+    return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "owned_by": "editx",
+                                        **engine.describe()}]}
+
+
+@router.get("/v1/edits", tags=["info"], summary="Allowed edit types and values for the loaded backend")
+async def edits_list(request: Request):
+    return engine_of(request).edit_options()
+
+
+@router.get("/v1/cache/stats", tags=["cache"])
+async def cache_stats(request: Request):
+    engine = engine_of(request)
+    return engine.cache.stats() if engine.cache is not None else {"enabled": False}
+
+
+@router.post("/v1/cache/clear", tags=["cache"], summary="Drop every cached prompt encoding")
+async def cache_clear(request: Request):
+    engine = engine_of(request)
+    if engine.cache is not None:
+        await run_in_threadpool(engine.cache.clear)
+    return {"cleared": engine.cache is not None}
+
+
+@router.post("/v1/voices", tags=["voices"], response_model=VoiceOut, status_code=201,
+             summary="Register a reference clip and its transcript; its encoding is cached at once")
+async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str = Form(...),
+                    name: str = Form("voice")):
+    from editx.server.routes_audio import decode_upload
+
+    engine = engine_of(request)
+    audio = await decode_upload(request, await file.read())
+    store = request.app.state.store
+    voice = await run_in_threadpool(store.add, name, prompt_text, audio)
+    await run_in_threadpool(engine.warm_prompt, audio)
+    return voice.to_dict()
+
+
+@router.get("/v1/voices", tags=["voices"])
+async def list_voices(request: Request):
+    return {"object": "list", "data": [v.to_dict() for v in request.app.state.store.list()]}
+
+
+@router.get("/v1/voices/{voice_id}", tags=["voices"], response_model=VoiceOut)
+async def get_voice(voice_id: str, request: Request):
+    return request.app.state.store.get(voice_id).to_dict()
+
+
+@router.delete("/v1/voices/{voice_id}", tags=["voices"])
+async def delete_voice(voice_id: str, request: Request):
+    await run_in_threadpool(request.app.state.store.delete, voice_id)
+    return {"id": voice_id, "deleted": True}

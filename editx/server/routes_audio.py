@@ -1,0 +1,145 @@
+"""Audio routes: POST /v1/audio/speech (OpenAI-compatible, streaming) and POST /v1/audio/edits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from editx.config import SamplingConfig
+from editx.errors import ValidationError
+from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
+from editx.server.app import await_job, engine_of, timeline_header
+from editx.server.schemas import EditJSONRequest, SpeechRequest
+
+router = APIRouter(tags=["audio"])
+
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
+               "pcm": "audio/pcm"}
+
+
+def parse_instructions(instructions: str | None, edit_type: str | None, edit_info: str | None):
+    """`instructions` as 'type:value' or a bare value; the explicit editx fields win."""
+    if edit_type:
+        return edit_type, edit_info
+    if not instructions or not instructions.strip():
+        return None, None
+    text = instructions.strip()
+    if ":" in text:
+        t, v = (p.strip() for p in text.split(":", 1))
+        return t, v or None
+    from editx.lm.prompts import EDIT_OPTIONS
+
+    for t in ("emotion", "style"):
+        if text in EDIT_OPTIONS.get(t, ()):
+            return t, text
+    raise ValidationError(f"instructions {text!r} is not an edit; use 'type:value' with a type and value "
+                          "from GET /v1/edits (e.g. 'emotion:happy')")
+
+
+async def decode_upload(request: Request, data: bytes) -> PromptAudio:
+    from editx.audio.io import load_audio
+
+    settings = request.app.state.settings
+    audio = await run_in_threadpool(load_audio, data, max_seconds=settings.max_audio_seconds)
+    return PromptAudio(audio.samples, audio.sample_rate)
+
+
+async def encoded_response(result, fmt: str) -> Response:
+    from editx.audio.io import encode_audio
+
+    body = await run_in_threadpool(encode_audio, result.audio, result.sample_rate, fmt)
+    return Response(body, media_type=MEDIA_TYPES[fmt], headers={
+        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend})
+
+
+@router.post("/v1/audio/speech", summary="Speak text in a registered voice (OpenAI-compatible)")
+async def speech(body: SpeechRequest, request: Request):
+    engine = engine_of(request)
+    store = request.app.state.store
+    voice = store.get(body.voice)
+    prompt = await run_in_threadpool(store.audio, body.voice)
+    edit_type, edit_info = parse_instructions(body.instructions, body.editx.edit_type, body.editx.edit_info)
+    sampling = SamplingConfig(temperature=body.editx.temperature) if body.editx.temperature is not None else None
+    req = CloneRequest(prompt, voice.prompt_text, body.input, seed=body.editx.seed, sampling=sampling,
+                       voice_id=voice.id, edit_type=edit_type, edit_info=edit_info,
+                       iterations=body.editx.iterations, speed=body.speed)
+    if body.stream_format is not None:
+        return stream_response(request, engine, req, body.response_format, body.stream_format)
+    result = await await_job(request, engine, engine.submit(req))
+    return await encoded_response(result, body.response_format)
+
+
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str) -> StreamingResponse:
+    """Chunked WAV/PCM as audio is produced, or OpenAI-style SSE events with base64 PCM deltas."""
+    from editx.audio.io import wav_header
+
+    if stream_format == "audio" and fmt not in ("wav", "pcm"):
+        raise ValidationError(f"streaming supports response_format wav or pcm, not {fmt}")
+    engine.backend.check(req)
+    chunks = engine.stream(req)
+    sentinel = object()
+
+    async def gen():
+        try:
+            if stream_format == "audio" and fmt == "wav":
+                yield wav_header(engine.backend.sample_rate)
+            while True:
+                chunk = await run_in_threadpool(next, chunks, sentinel)
+                if chunk is sentinel:
+                    break
+                pcm = (np.clip(chunk.samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+                if stream_format == "sse":
+                    event = {"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()}
+                    yield f"data: {json.dumps(event)}\n\n".encode()
+                else:
+                    yield pcm
+            if stream_format == "sse":
+                yield b'data: {"type": "speech.audio.done"}\n\n'
+        finally:
+            chunks.close()  # cancels the job if the client went away
+
+    media = "text/event-stream" if stream_format == "sse" else MEDIA_TYPES[fmt]
+    return StreamingResponse(gen(), media_type=media, headers={"X-Editx-Backend": engine.backend.name})
+
+
+@router.post("/v1/audio/edits", summary="Edit an uploaded clip (multipart or JSON with base64 audio)")
+async def edits(request: Request):
+    engine = engine_of(request)
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("application/json"):
+        try:
+            body = EditJSONRequest.model_validate(await request.json())
+        except ValueError as exc:
+            raise ValidationError(f"invalid JSON body: {exc}") from None
+        try:
+            data = base64.b64decode(body.audio_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationError("audio_base64 is not valid base64") from None
+        fields = body.model_dump(exclude={"audio_base64"})
+    elif ctype.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ValidationError("multipart field 'file' (the audio clip) is required")
+        data = await upload.read()
+        fields = {k: form.get(k) for k in ("audio_text", "edit_type", "edit_info", "text", "iterations", "seed",
+                                           "response_format")}
+        try:
+            fields = EditJSONRequest.model_validate(
+                {"audio_base64": "x", **{k: v for k, v in fields.items() if v not in (None, "")}}
+            ).model_dump(exclude={"audio_base64"})
+        except ValueError as exc:
+            raise ValidationError(f"invalid form fields: {exc}") from None
+    else:
+        raise ValidationError("send multipart/form-data (file + fields) or application/json (audio_base64)")
+    audio = await decode_upload(request, data)
+    req = EditRequest(audio, fields["audio_text"], fields["edit_type"], fields["edit_info"], text=fields["text"],
+                      iterations=fields["iterations"], seed=fields["seed"])
+    result = await await_job(request, engine, engine.submit(req))
+    return await encoded_response(result, fields["response_format"])

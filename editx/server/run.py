@@ -1,0 +1,26 @@
+"""`editx serve`: one process, one Engine, API and UI on one port (uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def serve(args, config) -> int:
+    try:
+        import uvicorn
+    except ImportError as exc:
+        from editx.errors import EditxError
+
+        raise EditxError("`editx serve` needs the server extra: pip install 'editx[server]'") from exc
+    from editx.pipeline.engine import Engine
+    from editx.server.app import create_app
+    from editx.server.settings import ServerSettings
+
+    settings = ServerSettings.from_env(data_dir=getattr(args, "data_dir", None))
+    app = create_app(loader=lambda: Engine.load(config), settings=settings)
+    log.info("serving", extra={"host": args.host, "port": args.port, "backend": config.resolved_backend,
+                               "auth": bool(settings.api_keys), "data_dir": str(settings.data_dir)})
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0

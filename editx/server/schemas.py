@@ -1,0 +1,63 @@
+"""Request/response bodies of the HTTP API (OpenAI-compatible speech + editx extensions)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ResponseFormat = Literal["wav", "flac", "mp3", "opus", "pcm"]
+
+
+class EditxOptions(BaseModel):
+    """editx extensions, passed in the `extra_body`-style field `editx` of a speech request."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="makes the output reproducible")
+    edit_type: str | None = Field(None, description="apply this edit to the cloned speech (GET /v1/edits)")
+    edit_info: str | None = None
+    iterations: int = Field(1, ge=1, le=10)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech — the OpenAI speech API, `voice` being a registered voice id."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("step-audio-editx", max_length=100)
+    input: str = Field(..., min_length=1, max_length=20_000, description="text to speak")
+    voice: str = Field(..., min_length=1, max_length=100, description="a voice id from /v1/voices")
+    instructions: str | None = Field(None, max_length=200,
+                                     description="an edit as 'type:value' (e.g. 'emotion:happy') or a bare "
+                                                 "emotion/style value")
+    response_format: ResponseFormat = "wav"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] | None = None
+    editx: EditxOptions = Field(default_factory=EditxOptions)
+
+
+class EditJSONRequest(BaseModel):
+    """POST /v1/audio/edits as JSON (the clip base64-encoded)."""
+
+    model_config = ConfigDict(extra="forbid")
+    audio_base64: str = Field(..., min_length=1)
+    audio_text: str = Field(..., min_length=1, max_length=20_000)
+    edit_type: str
+    edit_info: str | None = None
+    text: str | None = Field(None, max_length=20_000)
+    iterations: int = Field(1, ge=1, le=10)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    response_format: ResponseFormat = "wav"
+
+
+class VoiceOut(BaseModel):
+    id: str
+    name: str
+    prompt_text: str
+    sample_rate: int
+    duration_s: float
+    created_at: float
+
+
+class ErrorBody(BaseModel):
+    error: dict

@@ -1,0 +1,41 @@
+"""Server settings: limits, keys, CORS, data dir; from the environment at the entry point."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("EDITX_DATA_DIR") or platformdirs.user_data_dir("editx"))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    api_keys: frozenset[str] = frozenset()  # empty: no auth
+    max_request_bytes: int = 50 * 2**20
+    max_audio_seconds: float = 300.0
+    max_text_chars: int = 20_000
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are listed
+    url_allowlist: tuple[str, ...] = ()  # prefixes of URLs the server may fetch audio from; empty: none
+    data_dir: Path = field(default_factory=default_data_dir)
+    model_name: str = "step-audio-editx"
+
+    @classmethod
+    def from_env(cls, **overrides) -> ServerSettings:
+        env: dict = {}
+        if v := os.environ.get("EDITX_API_KEYS"):
+            env["api_keys"] = frozenset(k.strip() for k in v.split(",") if k.strip())
+        if v := os.environ.get("EDITX_CORS_ORIGINS"):
+            env["cors_origins"] = tuple(o.strip() for o in v.split(",") if o.strip())
+        if v := os.environ.get("EDITX_URL_ALLOWLIST"):
+            env["url_allowlist"] = tuple(o.strip() for o in v.split(",") if o.strip())
+        if v := os.environ.get("EDITX_MAX_REQUEST_BYTES"):
+            env["max_request_bytes"] = int(v)
+        if v := os.environ.get("EDITX_MAX_AUDIO_SECONDS"):
+            env["max_audio_seconds"] = float(v)
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
