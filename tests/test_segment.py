@@ -10,9 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from editx.errors import AudioError, ValidationError
-from editx.pipeline.segment import (crossfade_concat, iter_join, join_segments, max_discontinuity,
-                                    normalize_text, split_audio_at_silences, split_text,
-                                    split_transcript_for_spans)
+from editx.pipeline.segment import (
+    crossfade_concat,
+    iter_join,
+    join_segments,
+    max_discontinuity,
+    normalize_text,
+    split_audio_at_silences,
+    split_text,
+    split_transcript_for_spans,
+)
 
 DIALECT = re.compile(r"\[(Sichuanese|Cantonese|Japanese|Korean)\] ?")
 PROTECTED = re.compile(r"https?://\S*[A-Za-z0-9/]|[\w.]+@\w+(?:\.\w+)+|\[[^\[\]\s]+\]")

@@ -1,8 +1,9 @@
-"""Long-form helpers: split long texts into sentences, long clips at silences, and join audio parts.
+"""Long-form text: split long texts into sentences for synthesis, and transcripts over clip parts.
 
-All functions are pure. Text splitting works on the whitespace-normalised text and returns pieces of
-it: every segment is a contiguous substring of that text (plus a repeated leading dialect tag), so
-nothing is dropped, added or reordered. Audio functions take mono float32 numpy arrays.
+All functions are pure. Splitting works on the whitespace-normalised text and returns pieces of it:
+every segment is a contiguous substring of that text (plus a repeated leading dialect tag), so nothing
+is dropped, added or reordered. The audio side of long-form (cutting long clips at silences, joining
+synthesized parts) lives in editx.pipeline.splice and is re-exported here.
 """
 
 from __future__ import annotations
@@ -11,16 +12,26 @@ import bisect
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from editx.errors import AudioError, ValidationError
+from editx.errors import ValidationError
 from editx.lm.prompts import LANGUAGE_TAGS
+from editx.pipeline.splice import (
+    crossfade_concat,
+    frame_levels_db,
+    iter_join,
+    join_segments,
+    max_discontinuity,
+    split_audio_at_silences,
+)
+
+__all__ = ["split_text", "normalize_text", "split_transcript_for_spans", "split_audio_at_silences",
+           "frame_levels_db", "join_segments", "iter_join", "crossfade_concat", "max_discontinuity"]
 
 log = logging.getLogger(__name__)
 
-# --- text ---------------------------------------------------------------------------------------------
 # Break strengths: a cut at a stronger break is preferred; EDGE is the start/end of the text.
 WORD, CLAUSE, SENTENCE, PARAGRAPH, EDGE = 1, 2, 3, 4, 5
 # Packing costs (see _pack): one per segment dominates, so the fewest segments always win; then a
@@ -28,8 +39,9 @@ WORD, CLAUSE, SENTENCE, PARAGRAPH, EDGE = 1, 2, 3, 4, 5
 CUT_COST = {WORD: 0.6, CLAUSE: 0.3, SENTENCE: 0.05, PARAGRAPH: 0.0, EDGE: 0.0}
 SHORT_COST = 0.5  # times the fraction of min_chars a short segment lacks
 BALANCE_COST = 0.1  # times (length / max)^2; small enough never to add a segment
-MAX_UNITS_PER_SEGMENT = 256  # bounds the packing search on pathological inputs (e.g. "a,a,a,...")
 CJK_LANGS = ("zh", "ja", "ko", "yue")
+CJK_SPOKEN_WEIGHT = 3.0  # transcripts: a CJK character takes about as long to say as three Latin letters
+SNAP_TOLERANCE = 0.15  # fraction of the shortest span's text a transcript cut may move to a break
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0002fa1f"
 _CJK_CHAR = re.compile(f"[{_CJK}]")
@@ -49,9 +61,10 @@ _WS = re.compile(r"\s+")
 _DIALECT = re.compile("(?:" + "|".join(re.escape(t) for t in LANGUAGE_TAGS) + ") ?")
 # A "." after these (lower-cased, without their final dot) never ends a sentence: titles before names,
 # Latin abbreviations, and labels before numbers. Other abbreviations are caught by the next word's case.
-ABBREVIATIONS = frozenset("mr mrs ms dr prof st mt rev gen col capt lt sgt hon fr sen rep gov pres messrs mme "
-                          "e.g i.e cf vs viz approx ca fig figs no nos vol vols pp ch sec art eq ref dept est"
-                          .split())
+ABBREVIATIONS = frozenset(("mr", "mrs", "ms", "dr", "prof", "st", "mt", "rev", "gen", "col", "capt", "lt",
+                           "sgt", "hon", "fr", "sen", "rep", "gov", "pres", "messrs", "mme", "e.g", "i.e",
+                           "cf", "vs", "viz", "approx", "ca", "fig", "figs", "no", "nos", "vol", "vols",
+                           "pp", "ch", "sec", "art", "eq", "ref", "dept", "est"))
 
 
 def _level_after_terminal(body: str, a: int, b: int, english: bool) -> int:
@@ -105,8 +118,7 @@ def _punctuation_breaks(body: str, english: bool) -> dict[int, int]:
             breaks[b] = max(level, breaks.get(b, 0))
     for m in _CLAUSES.finditer(body):
         b = _absorb(body, m.end())
-        nxt = body[b] if b < len(body) else ""
-        if nxt and (nxt == " " or _CJK_CHAR.match(nxt) or not m.group().isascii()):
+        if b < len(body) and not (body[m.start() - 1:m.start()].isdigit() and body[b].isdigit()):  # 1,000 3:30
             breaks[b] = max(CLAUSE, breaks.get(b, 0))
     return breaks
 
@@ -201,22 +213,22 @@ def _units(body: str, budget: int, english: bool, paragraphs: Iterable[int]) -> 
 def _pack(body: str, units: list[tuple[int, int, int]], budget: int, min_chars: int) -> list[tuple[int, int]]:
     """Group consecutive units into segments <= budget with the least cost (dynamic programming)."""
     m = len(units)
-    best = [0.0] + [math.inf] * m
-    back = [0] * (m + 1)
+    starts = np.array([s + (body[s] == " ") for s, _, _ in units], dtype=np.int64)  # first character
+    ends = np.array([e - (body[e - 1] == " ") for _, e, _ in units], dtype=np.int64)  # after the last one
+    best = np.zeros(m + 1)
+    back = np.zeros(m + 1, dtype=np.int64)
     for j in range(1, m + 1):
-        end, level = units[j - 1][1], units[j - 1][2]
-        for i in range(j - 1, max(-1, j - 1 - MAX_UNITS_PER_SEGMENT), -1):
-            n = _length(body, units[i][0], end)
-            if n > budget and i < j - 1:
-                break
-            cost = (best[i] + 1.0 + CUT_COST[level] + SHORT_COST * max(0, min_chars - n) / max(min_chars, 1)
-                    + BALANCE_COST * (n / budget) ** 2)
-            if cost < best[j]:
-                best[j], back[j] = cost, i
+        # segment = units i..j-1; lengths fall as i rises, so the ones that fit are a suffix
+        lo = min(int(np.searchsorted(starts, ends[j - 1] - budget)), j - 1)
+        n = ends[j - 1] - starts[lo:j]
+        cost = (best[lo:j] + 1.0 + CUT_COST[units[j - 1][2]] + BALANCE_COST * (n / budget) ** 2
+                + SHORT_COST * np.maximum(0, min_chars - n) / max(min_chars, 1))
+        k = int(np.argmin(cost))
+        best[j], back[j] = cost[k], lo + k
     segments, j = [], m
     while j > 0:
         segments.append((units[back[j]][0], units[j - 1][1]))
-        j = back[j]
+        j = int(back[j])
     return segments[::-1]
 
 
@@ -322,180 +334,3 @@ def split_transcript_for_spans(text: str, spans: Sequence[tuple[int, int]], samp
         prev = best
     bounds = [0, *cuts, len(body)]
     return [body[a:b].strip(" ") for a, b in zip(bounds, bounds[1:])]
-
-
-# --- audio --------------------------------------------------------------------------------------------
-FRAMES_PER_SECOND = 50  # 20 ms energy frames
-SILENCE_FLOOR_DB = -100.0  # RMS of digital silence is clamped here
-SILENCE_ABSOLUTE_DB = -50.0  # a frame is silent under this level or within ...
-SILENCE_ABOVE_NOISE_DB = 10.0  # ... this of the noise floor, whichever is higher, ...
-SILENCE_BELOW_PEAK_DB = 20.0  # ... provided that is at least this far under the loudest frame
-NOISE_PERCENTILE = 10  # the noise floor: this percentile of frame levels
-MIN_PART_FRACTION = 0.5  # cuts are searched first in the last half of the allowed window
-ENERGY_BLOCK = 1 << 20  # samples per block when computing frame energies (bounded memory)
-CJK_SPOKEN_WEIGHT = 3.0  # a CJK character takes about as long to say as three Latin letters
-SNAP_TOLERANCE = 0.15  # fraction of the shortest span's text a transcript cut may move to a break
-
-
-def frame_levels_db(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Short-time RMS level in dB of consecutive 20 ms frames (the last, partial frame included)."""
-    frame = max(1, sample_rate // FRAMES_PER_SECOND)
-    n = len(samples)
-    out = np.empty(math.ceil(n / frame), dtype=np.float64)
-    step = max(frame, ENERGY_BLOCK // frame * frame)
-    for a in range(0, n, step):
-        block = np.asarray(samples[a:a + step], dtype=np.float64)
-        pad = (-len(block)) % frame
-        counts = np.full(math.ceil(len(block) / frame), frame, dtype=np.float64)
-        if pad:
-            counts[-1] = frame - pad
-            block = np.concatenate([block, np.zeros(pad)])
-        power = np.square(block).reshape(-1, frame).sum(axis=1) / counts
-        out[a // frame:a // frame + len(power)] = 10 * np.log10(np.maximum(power, 10 ** (SILENCE_FLOOR_DB / 10)))
-    return out
-
-
-def _check_clip(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    x = np.asarray(samples)
-    if x.ndim != 1:
-        raise AudioError(f"expected mono audio as a 1-D array, got shape {x.shape}; downmix it first")
-    if sample_rate <= 0:
-        raise AudioError(f"sample_rate must be positive, got {sample_rate}")
-    return x
-
-
-def split_audio_at_silences(samples: np.ndarray, sample_rate: int, *, max_seconds: float = 25.0,
-                            min_silence_s: float = 0.2) -> list[tuple[int, int]]:
-    """Cut a long clip into consecutive (start, end) sample spans of at most `max_seconds` each.
-
-    Each cut goes in the middle of a silence (a run of 20 ms frames at least `min_silence_s` long whose
-    level is near the noise floor and well under the loudest frame). From the start of each part, the
-    longest silence (then the quietest) is taken from the first window that has one: the part of the
-    allowed window that keeps the fewest parts possible and the last half, then the last half, then
-    all of it. With no silence, the cut goes at the quietest frame of the first window. The spans cover
-    the clip exactly, in order, without gaps or overlaps; a clip no longer than `max_seconds` is one.
-    """
-    x = _check_clip(samples, sample_rate)
-    n = len(x)
-    frame = max(1, sample_rate // FRAMES_PER_SECOND)
-    limit = int(max_seconds * sample_rate)
-    if limit < 2 * frame:
-        raise ValidationError(f"max_seconds={max_seconds} is too short; use at least {2 / FRAMES_PER_SECOND} s")
-    if n <= limit:
-        return [(0, n)] if n else []
-    db = frame_levels_db(x, sample_rate)
-    noise = float(np.percentile(db, NOISE_PERCENTILE))
-    threshold = min(max(noise + SILENCE_ABOVE_NOISE_DB, SILENCE_ABSOLUTE_DB), db.max() - SILENCE_BELOW_PEAK_DB)
-    silent = db < threshold
-    min_run = max(1, math.ceil(min_silence_s * FRAMES_PER_SECOND - 1e-9))
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], silent.astype(np.int8), [0]])))
-    runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= min_run]  # frame ranges
-    spans, start = [], 0
-    while n - start > limit:
-        cut = _choose_cut(db, runs, start, n, limit, frame, min_run)
-        spans.append((start, cut))
-        start = cut
-    spans.append((start, n))
-    return spans
-
-
-def _choose_cut(db: np.ndarray, runs: list[tuple[int, int]], start: int, n: int, limit: int, frame: int,
-                min_run: int) -> int:
-    """The sample to cut at in (start, start + limit]: see split_audio_at_silences."""
-    end = start + limit
-    tight = n - (math.ceil((n - start) / limit) - 1) * limit  # a cut before this adds a part
-    late = max(start + int(limit * MIN_PART_FRACTION), tight)
-    for lo in (late, start + int(limit * MIN_PART_FRACTION), start + frame):
-        f_lo, f_hi = math.ceil(lo / frame), end // frame  # frames wholly inside [lo, end)
-        best = None
-        for a, b in runs:
-            a, b = max(a, f_lo), min(b, f_hi)
-            if b - a < min_run:
-                continue
-            key = (b - a, -float(db[a:b].mean()))
-            if best is None or key > best[0]:
-                best = (key, (a + b) * frame // 2)
-        if best is not None:
-            return best[1]
-    f_lo, f_hi = math.ceil(late / frame), end // frame
-    if f_hi <= f_lo:
-        return end
-    f = f_lo + int(np.argmin(db[f_lo:f_hi]))  # ties: the earliest
-    return min(f * frame + frame // 2, end)
-
-
-# --- joins --------------------------------------------------------------------------------------------
-def max_discontinuity(x: np.ndarray) -> float:
-    """Largest absolute difference between consecutive samples (0.0 for fewer than two)."""
-    x = np.asarray(x, dtype=np.float64)
-    return float(np.abs(np.diff(x)).max()) if len(x) > 1 else 0.0
-
-
-def _ramp(n: int) -> np.ndarray:
-    """Raised-cosine fade-in of n samples, from just above 0 to just below 1."""
-    return (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
-
-
-def crossfade_concat(a: np.ndarray, b: np.ndarray, overlap: int, *, curve: str = "power") -> np.ndarray:
-    """Concatenate a and b, mixing a's last `overlap` samples into b's first ones.
-
-    curve="power" (equal power: cos/sin gains) keeps the loudness of unrelated signals steady;
-    curve="gain" (equal gain: gains sum to 1) is the right one when both overlaps hold the same audio,
-    as in chunk overlaps of a streaming decoder. The result has len(a) + len(b) - overlap samples.
-    """
-    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
-    if curve not in ("power", "gain"):
-        raise ValidationError(f"unknown crossfade curve {curve!r}; use 'power' or 'gain'")
-    if not 0 <= overlap <= min(len(a), len(b)):
-        raise ValidationError(f"overlap {overlap} must be between 0 and the shorter input ({min(len(a), len(b))})")
-    if overlap == 0:
-        return np.concatenate([a, b])
-    t = (np.arange(overlap) + 0.5) / overlap
-    fade_in = np.sin(0.5 * np.pi * t) if curve == "power" else t
-    fade_out = np.cos(0.5 * np.pi * t) if curve == "power" else 1.0 - t
-    mixed = (a[-overlap:] * fade_out + b[:overlap] * fade_in).astype(np.float32)
-    return np.concatenate([a[:-overlap], mixed, b[overlap:]])
-
-
-def iter_join(parts: Iterable[np.ndarray], sample_rate: int, *, pause_s: float = 0.25,
-              crossfade_s: float = 0.01) -> Iterator[np.ndarray]:
-    """Join audio parts as they arrive, yielding the joined audio piece by piece (see join_segments).
-
-    Only the last `crossfade_s` of the latest part is held back, so memory stays bounded by one part.
-    """
-    if sample_rate <= 0 or pause_s < 0 or crossfade_s < 0:
-        raise ValidationError(f"need sample_rate > 0, pause_s >= 0, crossfade_s >= 0 "
-                              f"(got {sample_rate}, {pause_s}, {crossfade_s})")
-    fade, gap = round(crossfade_s * sample_rate), round(pause_s * sample_rate)
-    tail: np.ndarray | None = None  # the held-back end of the previous part
-    for part in parts:
-        x = _check_clip(part, sample_rate).astype(np.float32, copy=False)
-        if len(x) == 0:
-            continue
-        if not np.isfinite(x).all():
-            raise AudioError("an audio part to join has NaN or infinite samples")
-        f = min(fade, len(x) // 2)
-        body = x[:len(x) - f]
-        if tail is not None:
-            if gap:
-                body = body.copy()
-                body[:f] *= _ramp(f)
-                yield np.concatenate([tail * _ramp(len(tail))[::-1], np.zeros(gap, np.float32)])
-            else:
-                body = crossfade_concat(tail, body, min(len(tail), f))
-        yield body
-        tail = x[len(x) - f:]
-    if tail is not None and len(tail):
-        yield tail
-
-
-def join_segments(parts: list[np.ndarray], sample_rate: int, *, pause_s: float = 0.25,
-                  crossfade_s: float = 0.01) -> np.ndarray:
-    """Join synthesized segments with a pause of exactly round(pause_s * sample_rate) zeros between them.
-
-    Each side of a pause fades over `crossfade_s` (raised cosine; at most half the part) so no join
-    clicks; the first part's start and the last part's end are left as they are. With pause_s=0 the
-    parts are equal-power crossfaded over `crossfade_s` instead. Empty parts are skipped.
-    """
-    return np.concatenate([np.zeros(0, np.float32), *iter_join(parts, sample_rate, pause_s=pause_s,
-                                                                  crossfade_s=crossfade_s)])
