@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -123,13 +124,15 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     settings = settings or ServerSettings.from_env()
     holder = EngineHolder(engine, loader)
     store = store or SQLiteVoiceStore(settings.data_dir)
-    app = FastAPI(title="editx", version="0.1.0",
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        holder.start()
+        yield
+
+    app = FastAPI(title="editx", version="0.1.0", lifespan=lifespan,
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
     app.state.holder, app.state.settings, app.state.store = holder, settings, store
-
-    @app.on_event("startup")
-    async def _startup() -> None:
-        holder.start()
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):

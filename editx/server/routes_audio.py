@@ -42,11 +42,12 @@ def parse_instructions(instructions: str | None, edit_type: str | None, edit_inf
                           "from GET /v1/edits (e.g. 'emotion:happy')")
 
 
-async def decode_upload(request: Request, data: bytes) -> PromptAudio:
+async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio") -> PromptAudio:
     from editx.audio.io import load_audio
 
     settings = request.app.state.settings
-    audio = await run_in_threadpool(load_audio, data, max_seconds=settings.max_audio_seconds)
+    # the upload's own file name is never used, not even in messages
+    audio = await run_in_threadpool(load_audio, data, max_seconds=settings.max_audio_seconds, name=what)
     return PromptAudio(audio.samples, audio.sample_rate)
 
 
