@@ -5,10 +5,8 @@ import io
 import json
 import threading
 
-import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import speechlike
 
 fastapi = pytest.importorskip("fastapi")
