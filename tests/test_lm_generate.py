@@ -152,8 +152,9 @@ def test_length_cap_counts_prompt_and_drops_last_token(model):
     for extra in (1, 2, 5):
         out = generate(model, [p], sampling=SamplingConfig(temperature=0.0, max_length=len(p) + extra))[0]
         assert out == long[: extra - 1]
-    for cap in (len(p), len(p) - 3):  # prompt already at/over the cap: nothing (HF makes one, slice drops it)
-        assert generate(model, [p], sampling=SamplingConfig(temperature=0.0, max_length=max(cap, 2)))[0] == []
+    for cap in (len(p), len(p) - 3):  # prompt already at/over the cap: refused, as HF 4.53.3 does
+        with pytest.raises(ValidationError, match="max_length"):
+            generate(model, [p], sampling=SamplingConfig(temperature=0.0, max_length=cap))
 
 
 def test_stream_and_on_step_emit_exactly_the_result(model):

@@ -3,12 +3,15 @@
 Output semantics follow upstream exactly (`tts.py`: `output_ids[:, len(prompt):-1]` after HF
 `generate(max_length=8192)`): generation runs until the EOS id or until prompt + generated reaches
 `max_length`, and the **last generated token is always dropped**: the EOS when there is one, a real
-token when the length cap hit first. A prompt already at or over `max_length` yields nothing (HF
-generates one token and the slice drops it). Streaming emits exactly the tokens of that final result.
+token when the length cap hit first. A prompt already at or over `max_length` is refused, as HF
+(4.53.3) refuses it with a ValueError. Streaming emits exactly the tokens of that final result.
 
 Batching: requests sit in the rows of one static `KVCache`, each with its own positions, so ragged
 prompts, restored prefixes and requests joining mid-flight all give the same tokens as decoding
 each request alone (per-row ALiBi distances, per-row sampling state and `torch.Generator`).
+Token selection runs on the CPU whatever the model's device (one (B, V) copy per step), so a
+request's generator is always a CPU `torch.Generator` and a seed picks the same tokens on any device
+given the same logits.
 """
 
 from __future__ import annotations
@@ -157,7 +160,6 @@ class DecodeSession:
             self.cache = KVCache.for_model(model, max_batch, max_length)
         self._requests: dict[int, _Request] = {}
         self._pending: list[int] = []
-        self._immediate: list[int] = []  # prompts already at max_length: reported by the next step
 
     @property
     def free_slots(self) -> int:
@@ -177,6 +179,9 @@ class DecodeSession:
             raise ValidationError("the LM prompt is empty")
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValidationError(f"LM prompt ids must be in 0..{vocab - 1}")
+        if len(prompt) >= sampling.max_length:
+            raise ValidationError(f"the LM prompt has {len(prompt)} tokens, which leaves nothing to generate "
+                                  f"under max_length {sampling.max_length}; use a shorter prompt audio or text")
         if sampling.max_length > self.max_length:
             raise ValidationError(f"max_length {sampling.max_length} exceeds this session's {self.max_length}")
         free = [s for s in range(self.cache.batch) if s not in self._requests]
@@ -184,36 +189,34 @@ class DecodeSession:
             raise QueueFullError(f"all {self.cache.batch} decode slots are busy")
         slot = free[0]
         if generator is None and sampling.temperature > 0:
-            generator = make_generator(None, self.model.device)
-        req = _Request(prompt, sampling, generator, 0, prompt[-sampling.repetition_window:])
-        if len(prompt) >= sampling.max_length:
-            req.reason = "length"  # HF would sample one token and upstream's slice drops it
-        elif prefix is not None:
+            generator = make_generator(None)
+        window = sampling.repetition_window
+        req = _Request(prompt, sampling, generator, 0, prompt[-window:] if window > 0 else [])
+        if prefix is not None:
             if not prefix.matches(prompt):
                 raise ValidationError("the prefix snapshot's tokens are not a prefix of this prompt")
             # Keep at least the last prompt token to prefill: its logits give the first new token.
             with torch.inference_mode():
                 req.start = self.cache.restore(slot, prefix, min(prefix.length, len(prompt) - 1))
         self._requests[slot] = req
-        (self._immediate if req.finished else self._pending).append(slot)
+        self._pending.append(slot)
         return slot
 
     def step(self) -> list[StepOutput]:
         """Advance every unfinished request by one token (new requests: their prefill)."""
-        out: list[StepOutput] = [StepOutput(s, None, True, "length") for s in self._immediate]
-        self._immediate = []
+        out: list[StepOutput] = []
         running = [s for s in self.active if s not in self._pending]
         if self._pending:
             slots, self._pending = sorted(self._pending), []
             reqs = [self._requests[s] for s in slots]
             logits = prefill(self.model, self.cache, slots, [r.prompt[r.start:] for r in reqs],
                              [r.start for r in reqs], chunk_size=self.prefill_chunk)
-            out += [self._advance(s, r, row) for s, r, row in zip(slots, reqs, logits)]
+            out += [self._advance(s, r, row) for s, r, row in zip(slots, reqs, logits.cpu())]
         if running:
             reqs = [self._requests[s] for s in running]
             logits = decode_one(self.model, self.cache, running, [r.last for r in reqs],
                                 [len(r.prompt) + r.n_generated - 1 for r in reqs])
-            out += [self._advance(s, r, row) for s, r, row in zip(running, reqs, logits)]
+            out += [self._advance(s, r, row) for s, r, row in zip(running, reqs, logits.cpu())]
         return sorted(out, key=lambda o: o.slot)
 
     def _advance(self, slot: int, req: _Request, logits: torch.Tensor) -> StepOutput:
@@ -248,9 +251,8 @@ class DecodeSession:
     def release(self, slot: int) -> None:
         """Free a slot (finished or not: releasing a running request cancels it)."""
         self._requests.pop(slot, None)
-        for waiting in (self._pending, self._immediate):
-            if slot in waiting:
-                waiting.remove(slot)
+        if slot in self._pending:
+            self._pending.remove(slot)
 
     def snapshot(self, slot: int, length: int) -> PrefixSnapshot:
         """Snapshot the first `length` prompt positions of a request that has been prefilled."""

@@ -81,9 +81,9 @@ def select_token(logits: torch.Tensor, recent: Sequence[int], *, temperature: fl
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A private RNG for one request (random seed when None); it must live on the logits' device."""
-    gen = torch.Generator(device=device)
+def make_generator(seed: int | None) -> torch.Generator:
+    """A private CPU RNG for one request (a random seed when None); the decode loop samples on the CPU."""
+    gen = torch.Generator()
     if seed is None:
         gen.seed()
     else:
