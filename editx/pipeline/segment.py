@@ -56,15 +56,17 @@ _PROTECTED = re.compile(
     r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"  # e-mail addresses
     r"|\[[^\[\]\s]{1,40}\]")  # tags
 _SPEAKABLE = re.compile(r"\w")
-_LATIN_WORD_END = re.compile(r"(?<![A-Za-z.])[A-Za-z][A-Za-z.]*$")  # "Dr", "e.g", "U.S" before a "."
+_LATIN_WORD_END = re.compile(r"(?<![A-Za-z0-9.])[A-Za-z][A-Za-z.]*$")  # "Dr", "e.g", "U.S" before a "."
 _WS = re.compile(r"\s+")
 _DIALECT = re.compile("(?:" + "|".join(re.escape(t) for t in LANGUAGE_TAGS) + ") ?")
-# A "." after these (lower-cased, without their final dot) never ends a sentence: titles before names,
-# Latin abbreviations, and labels before numbers. Other abbreviations are caught by the next word's case.
+# A "." after these (lower-cased, without their final dot) ends no sentence: titles before names and
+# Latin abbreviations; labels end none before a number ("No. 5", "Fig. 2"). Other abbreviations are
+# caught by the case of the next word.
 ABBREVIATIONS = frozenset(("mr", "mrs", "ms", "dr", "prof", "st", "mt", "rev", "gen", "col", "capt", "lt",
-                           "sgt", "hon", "fr", "sen", "rep", "gov", "pres", "messrs", "mme", "e.g", "i.e",
-                           "cf", "vs", "viz", "approx", "ca", "fig", "figs", "no", "nos", "vol", "vols",
-                           "pp", "ch", "sec", "art", "eq", "ref", "dept", "est"))
+                           "sgt", "hon", "fr", "sen", "gov", "messrs", "mme", "e.g", "i.e", "cf", "vs",
+                           "viz", "approx", "ca"))
+NUMBER_LABELS = frozenset(("no", "nos", "vol", "vols", "p", "pp", "ch", "sec", "art", "eq", "fig", "figs",
+                           "ref", "op", "nr"))
 
 
 def _level_after_terminal(body: str, a: int, b: int, english: bool) -> int:
@@ -89,8 +91,9 @@ def _level_after_terminal(body: str, a: int, b: int, english: bool) -> int:
     lower = i < n and body[i].islower()
     if "." in run and not ("?" in run or "!" in run) and body[a:a + 3] != "..." and "\u2026" not in run:
         word = m.group() if (m := _LATIN_WORD_END.search(body, max(0, a - 24), a)) else ""
-        if word.lower() in ABBREVIATIONS or (len(word) == 1 and "A" <= word <= "Z" and word != "I"):
-            return 0  # "Dr. Smith", "e.g. this", "J. K. Rowling" (the space is still a word break)
+        if (word.lower() in ABBREVIATIONS or (len(word) == 1 and "A" <= word <= "Z" and word != "I")
+                or (word.lower() in NUMBER_LABELS and i < n and body[i].isdigit())):
+            return 0  # "Dr. Smith", "e.g. this", "J. K. Rowling", "No. 5" (the space is still a word break)
         return 0 if lower else SENTENCE
     return CLAUSE if lower else SENTENCE  # '"Really?" she asked', "Wait... what?"
 

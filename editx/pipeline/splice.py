@@ -28,6 +28,7 @@ ENERGY_BLOCK = 1 << 20  # samples per block when computing frame energies (bound
 
 def frame_levels_db(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Short-time RMS level in dB of consecutive 20 ms frames (the last, partial frame included)."""
+    samples = _check_clip(samples, sample_rate)
     frame = max(1, sample_rate // FRAMES_PER_SECOND)
     n = len(samples)
     out = np.empty(math.ceil(n / frame), dtype=np.float64)
@@ -50,6 +51,8 @@ def _check_clip(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         raise AudioError(f"expected mono audio as a 1-D array, got shape {x.shape}; downmix it first")
     if sample_rate <= 0:
         raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+    if not np.isfinite(x).all():
+        raise AudioError("the audio has NaN or infinite samples; decode it with editx.audio.io.load_audio")
     return x
 
 
@@ -67,12 +70,12 @@ def split_audio_at_silences(samples: np.ndarray, sample_rate: int, *, max_second
     x = _check_clip(samples, sample_rate)
     n = len(x)
     frame = max(1, sample_rate // FRAMES_PER_SECOND)
-    limit = int(max_seconds * sample_rate)
+    limit = int(max_seconds * sample_rate) if math.isfinite(max_seconds) else 0
     if limit < 2 * frame:
         raise ValidationError(f"max_seconds={max_seconds} is too short; use at least {2 / FRAMES_PER_SECOND} s")
     if n <= limit:
         return [(0, n)] if n else []
-    db = frame_levels_db(x, sample_rate)
+    db = frame_levels_db(x, sample_rate)  # (frames,)
     noise = float(np.percentile(db, NOISE_PERCENTILE))
     threshold = min(max(noise + SILENCE_ABOVE_NOISE_DB, SILENCE_ABSOLUTE_DB), db.max() - SILENCE_BELOW_PEAK_DB)
     silent = db < threshold
@@ -161,8 +164,6 @@ def iter_join(parts: Iterable[np.ndarray], sample_rate: int, *, pause_s: float =
         x = _check_clip(part, sample_rate).astype(np.float32, copy=False)
         if len(x) == 0:
             continue
-        if not np.isfinite(x).all():
-            raise AudioError("an audio part to join has NaN or infinite samples")
         f = min(fade, len(x) // 2)
         body = x[:len(x) - f]
         if tail is not None:
