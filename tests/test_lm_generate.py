@@ -9,8 +9,7 @@ import torch
 from editx.config import SamplingConfig
 from editx.errors import QueueFullError, ValidationError
 from editx.fixtures import lm as lm_fixture
-from editx.lm.generate import (DecodeSession, generate, prefill, prefill_prefix, sequence_logits,
-                               stream)
+from editx.lm.generate import DecodeSession, generate, prefill, prefill_prefix, sequence_logits, stream
 from editx.lm.kv_cache import KVCache, PrefixSnapshot
 from editx.lm.loader import load_step1
 

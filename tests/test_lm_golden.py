@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import GOLDEN
 from safetensors.torch import load_file
 
 from editx.config import SamplingConfig
 from editx.fixtures import lm as lm_fixture
 from editx.lm.generate import generate, sequence_logits
 from editx.lm.loader import load_step1
-
-from conftest import GOLDEN
 
 ATOL = 1e-4
 

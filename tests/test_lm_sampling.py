@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from editx.lm.sampling import (apply_top_k, apply_top_p, banned_repeat, make_generator,
-                               select_token)
+from editx.lm.sampling import apply_top_k, apply_top_p, banned_repeat, make_generator, select_token
 
 
 def test_repetition_rule_needs_a_full_window():

@@ -26,8 +26,8 @@ def test_hf_style_loop_matches_ours(model):
 
 def test_bytes_per_token_counts_weights_and_cache(model):
     cfg = model.config
-    H, I, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
-    per_layer = H * H * 2 + 2 * H * cfg.kv_dim + 3 * H * I + 2 * H
+    H, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
+    per_layer = H * H * 2 + 2 * H * cfg.kv_dim + 3 * H * F + 2 * H
     expected = 4 * (L * per_layer + H + V * H + H + 2 * L * cfg.kv_dim * 100)
     assert bytes_per_token(model, 100) == expected
 

@@ -193,7 +193,7 @@ def apply_quantization(model: Step1ForCausalLM, mode: str | None, device: torch.
 
 def _replace_linears(model: nn.Module, bnb, *, four_bit: bool) -> None:
     # Weights are still on the CPU here; bitsandbytes quantizes them when the module moves to CUDA.
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
