@@ -193,9 +193,10 @@ def apply_quantization(model: Step1ForCausalLM, mode: str | None, device: torch.
 
 def _replace_linears(model: nn.Module, bnb, *, four_bit: bool) -> None:
     # Weights are still on the CPU here; bitsandbytes quantizes them when the module moves to CUDA.
+    # lm_head stays in full precision, as HF's BitsAndBytesConfig path (upstream's int8/int4) keeps it.
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if not isinstance(child, nn.Linear):
+            if not isinstance(child, nn.Linear) or child is model.lm_head:
                 continue
             if four_bit:
                 new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
