@@ -101,6 +101,7 @@ class SileroVAD:
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path or silero_onnx_path()), sess_options=opts,
                                             providers=["CPUExecutionProvider"])
 

@@ -126,6 +126,8 @@ class KokoroSession:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # No busy-waiting between runs: the speaker encoder (torch) and other requests share the cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), sess_options=opts,
                                             providers=providers or ["CPUExecutionProvider"])
         names = {i.name for i in self.session.get_inputs()}
