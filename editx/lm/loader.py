@@ -4,7 +4,9 @@ One path for released weights and fixtures: parse config.json, build the model o
 (no memory), stream each checkpoint tensor through the explicit key map into its parameter (converted
 to the target dtype/device one tensor at a time, so peak memory stays about the weights' size), then
 check that every parameter was loaded. Optional quantization afterwards: `int8` (torch dynamic
-quantization of the Linear layers, CPU) or `bnb8`/`bnb4` (bitsandbytes, CUDA).
+quantization of the Linear layers, lm_head included, CPU) or `bnb8`/`bnb4` (bitsandbytes, CUDA).
+Dynamic int8 quantizes activations per call with one scale for the whole input, so under `int8`
+batched or chunked runs are close to, but not bit-equal with, single-request runs.
 """
 
 from __future__ import annotations
