@@ -73,3 +73,13 @@ def test_sampling_until_eos_matches_reference(model, golden, name):
     sampling = SamplingConfig(temperature=0.7, top_k=50, max_length=len(prompt) + 600)
     out = generate(model, [prompt], sampling=sampling, generators=[torch.Generator().manual_seed(7)])[0]
     assert out == full[:-1]
+
+
+def test_repetition_rule_matches_reference_processor(golden):
+    from editx.lm.sampling import banned_repeat
+
+    ids, banned = golden["rep_input_ids"], golden["rep_banned"]
+    assert (banned >= 0).any() and (banned < 0).any()
+    for row, ban in zip(ids.tolist(), banned.tolist()):
+        assert banned_repeat(row) == (None if ban < 0 else ban)
+        assert banned_repeat(row[:9]) is None  # under a full window the reference left scores alone
