@@ -22,7 +22,7 @@ from editx.pipeline.segment import (
 )
 
 DIALECT = re.compile(r"\[(Sichuanese|Cantonese|Japanese|Korean)\] ?")
-PROTECTED = re.compile(r"https?://\S*[A-Za-z0-9/]|[\w.]+@\w+(?:\.\w+)+|\[[^\[\]\s]+\]")
+PROTECTED = re.compile(r"https?://[!-~]*[A-Za-z0-9/]|[\w.]+@\w+(?:\.\w+)+|\[[^\[\]\s]+\]")
 
 
 def stitch(text: str, segments: list[str]) -> list[tuple[int, int]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 import re
 from collections.abc import Iterable, Sequence
 
@@ -34,11 +33,14 @@ log = logging.getLogger(__name__)
 
 # Break strengths: a cut at a stronger break is preferred; EDGE is the start/end of the text.
 WORD, CLAUSE, SENTENCE, PARAGRAPH, EDGE = 1, 2, 3, 4, 5
-# Packing costs (see _pack): one per segment dominates, so the fewest segments always win; then a
-# cut at a weak break, a segment under min_chars, and uneven lengths cost a little.
-CUT_COST = {WORD: 0.6, CLAUSE: 0.3, SENTENCE: 0.05, PARAGRAPH: 0.0, EDGE: 0.0}
-SHORT_COST = 0.5  # times the fraction of min_chars a short segment lacks
-BALANCE_COST = 0.1  # times (length / max)^2; small enough never to add a segment
+# Packing costs (see _pack), per segment 1. A cut between words costs more than a segment plus a
+# clause cut, so an over-long sentence is cut at its clauses even if a cut between words would save
+# a segment, unless that also saves a short fragment. Merging a short fragment into a neighbour that
+# has room always lowers the cost.
+CUT_COST = {WORD: 2.0, CLAUSE: 0.3, SENTENCE: 0.05, PARAGRAPH: 0.0, EDGE: 0.0}
+SHORT_COST = 1.5  # times the fraction of min_chars a short segment lacks
+BALANCE_COST = 0.1  # times (length / max)^2: even lengths among equal choices
+UNSPOKEN_COST = 3.0  # a segment with nothing to say (a lone tag, "……"), when it cannot be avoided
 CJK_LANGS = ("zh", "ja", "ko", "yue")
 CJK_SPOKEN_WEIGHT = 3.0  # transcripts: a CJK character takes about as long to say as three Latin letters
 SNAP_TOLERANCE = 0.15  # fraction of the shortest span's text a transcript cut may move to a break
@@ -171,33 +173,14 @@ def _length(body: str, s: int, e: int) -> int:
     return e - s - (body[s] == " ") - (body[e - 1] == " ") if e > s else 0
 
 
-def _balanced_word_split(body: str, s: int, e: int, budget: int) -> list[int]:
-    """Cut positions splitting body[s:e] at word breaks into pieces <= budget of similar length."""
-    words = _word_breaks(body, s, e)
-    masked = _TAG.sub(lambda m: "\0" * len(m.group()), body[s:e])  # tags are not speech
-    spoken = [m.start() + s for m in _SPEAKABLE.finditer(masked)] or [s]
-    cuts, cur, last = [], s, spoken[-1]
-    while _length(body, cur, e) > budget:
-        first = spoken[min(bisect.bisect_left(spoken, cur), len(spoken) - 1)]
-        lo = bisect.bisect_right(words, cur)
-        fit = [c for c in words[lo:bisect.bisect_right(words, cur + budget + 2)] if _length(body, cur, c) <= budget]
-        # each piece should say something; if that cannot be (a long run of punctuation), fit anyway
-        near = [c for c in fit if first < c <= last] or fit or words[lo:lo + 1]  # else: oversized word
-        if not near:
-            break
-        target = cur + (e - cur) / math.ceil(_length(body, cur, e) / budget)
-        cur = min(near, key=lambda c: abs(c - target))
-        cuts.append(cur)
-    return cuts
-
-
 def _units(body: str, budget: int, english: bool, paragraphs: Iterable[int]) -> list[tuple[int, int, int]]:
-    """Sentences, or for sentences over budget their clauses, or for clauses over budget word pieces."""
+    """Sentences, and for sentences over budget their clauses and words: the pieces segments are made of."""
     breaks = _punctuation_breaks(body, english)
     for pos in paragraphs:
         breaks[pos] = PARAGRAPH
-    for m in _PROTECTED.finditer(body):
-        for pos in range(m.start() + 1, m.end()):
+    protected = [m.span() for m in _PROTECTED.finditer(body)]
+    for a, b in protected:
+        for pos in range(a + 1, b):
             breaks.pop(pos, None)
     cuts = sorted(breaks.items())
     positions = [p for p, _ in cuts]
@@ -206,10 +189,14 @@ def _units(body: str, budget: int, english: bool, paragraphs: Iterable[int]) -> 
         if _length(body, s, e) <= budget:
             units.append((s, e, level))
             continue
-        inner = cuts[bisect.bisect_right(positions, s):bisect.bisect_left(positions, e)]
-        for cs, ce, clevel in _merge_unspeakable(_spans(inner, s, e, level), body):
-            word_cuts = _balanced_word_split(body, cs, ce, budget) if _length(body, cs, ce) > budget else []
-            units += _spans([(c, WORD) for c in word_cuts], cs, ce, clevel)
+        inner = dict.fromkeys(_word_breaks(body, s, e), WORD)
+        for a, b in protected[bisect.bisect_left(protected, (s, 0)):]:  # tags can hold CJK letters
+            if a >= e:
+                break
+            for pos in range(a + 1, min(b, e)):
+                inner.pop(pos, None)
+        inner.update(cuts[bisect.bisect_right(positions, s):bisect.bisect_left(positions, e)])
+        units += _spans(sorted(inner.items()), s, e, level)  # _pack keeps lone tags from standing alone
     return units
 
 
@@ -218,16 +205,22 @@ def _pack(body: str, units: list[tuple[int, int, int]], budget: int, min_chars: 
     m = len(units)
     starts = np.array([s + (body[s] == " ") for s, _, _ in units], dtype=np.int64)  # first character
     ends = np.array([e - (body[e - 1] == " ") for _, e, _ in units], dtype=np.int64)  # after the last one
+    # segment = units i..j-1; lengths fall as i rises, so the ones that fit are a suffix from first[j]
+    first = np.minimum(np.searchsorted(starts, ends - budget), np.arange(m))
+    length = np.arange(budget + 1)
+    shape = BALANCE_COST * (length / budget) ** 2 + SHORT_COST * np.maximum(0, min_chars - length) / max(min_chars, 1)
+    cut = np.array([1.0 + CUT_COST[level] for _, _, level in units])
+    spoken = [bool(_SPEAKABLE.search(_TAG.sub("", body[s:e]))) for s, e, _ in units]
+    last_spoken = np.maximum.accumulate(np.where(spoken, np.arange(m), -1))  # last unit with speech <= j
     best = np.zeros(m + 1)
     back = np.zeros(m + 1, dtype=np.int64)
     for j in range(1, m + 1):
-        # segment = units i..j-1; lengths fall as i rises, so the ones that fit are a suffix
-        lo = min(int(np.searchsorted(starts, ends[j - 1] - budget)), j - 1)
+        lo = int(first[j - 1])
         n = ends[j - 1] - starts[lo:j]
-        cost = (best[lo:j] + 1.0 + CUT_COST[units[j - 1][2]] + BALANCE_COST * (n / budget) ** 2
-                + SHORT_COST * np.maximum(0, min_chars - n) / max(min_chars, 1))
+        cost = (best[lo:j] + shape[np.minimum(n, budget)] + BALANCE_COST * np.maximum(0, n - budget) / budget
+                + UNSPOKEN_COST * (np.arange(lo, j) > last_spoken[j - 1]))
         k = int(np.argmin(cost))
-        best[j], back[j] = cost[k], lo + k
+        best[j], back[j] = cost[k] + cut[j - 1], lo + k
     segments, j = [], m
     while j > 0:
         segments.append((units[back[j]][0], units[j - 1][1]))
