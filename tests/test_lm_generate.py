@@ -156,6 +156,14 @@ def test_length_cap_counts_prompt_and_drops_last_token(model):
             generate(model, [p], sampling=SamplingConfig(temperature=0.0, max_length=cap))
 
 
+def test_max_new_tokens_keeps_exactly_that_many(model):
+    p = PROMPTS[2]
+    long = generate(model, [p], sampling=SamplingConfig(temperature=0.0, max_length=len(p) + 20))[0]
+    capped = generate(model, [p], sampling=SamplingConfig(temperature=0.0, max_length=len(p) + 20,
+                                                          max_new_tokens=6))[0]
+    assert capped == long[:6]
+
+
 def test_stream_and_on_step_emit_exactly_the_result(model):
     sampling = SamplingConfig(temperature=0.7, top_k=50, max_length=110)
     ref = generate(model, PROMPTS[:2], sampling=sampling,

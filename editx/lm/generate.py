@@ -122,7 +122,7 @@ class StepOutput:
     slot: int
     token: int | None
     finished: bool
-    reason: str | None = None  # "eos" | "length"
+    reason: str | None = None  # "eos" | "length" | "max_new_tokens"
 
 
 @dataclass
@@ -235,6 +235,9 @@ class DecodeSession:
             req.reason = "length"  # upstream drops this last token too
         else:
             req.emitted.append(token)
+            if sp.max_new_tokens is not None and len(req.emitted) >= sp.max_new_tokens:
+                req.reason = "max_new_tokens"  # our extra cap: keeps the tokens it emitted
+                return StepOutput(slot, token, True, req.reason)
             return StepOutput(slot, token, False)
         return StepOutput(slot, None, True, req.reason)
 
