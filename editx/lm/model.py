@@ -107,8 +107,9 @@ class Step1Config:
         data.update({
             "architectures": [ARCHITECTURE],
             "model_type": MODEL_TYPE,
-            "auto_map": {"AutoConfig": "configuration_step1.Step1Config",
-                         "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM"},
+            # The released config maps only AutoConfig (third-party loaders patch in
+            # AutoModelForCausalLM); our loader never reads auto_map.
+            "auto_map": {"AutoConfig": "configuration_step1.Step1Config"},
             "initializer_range": 0.02,
             "use_cache": True,
         })
