@@ -54,6 +54,32 @@ def test_g2p_pieces_fit_and_cut_at_sentences(g2p):
     assert all(len(p) <= 100 for p in g2p.pieces(long_sentence, max_phonemes=100))
 
 
+class _CountingSession:
+    """Stands in for the Kokoro graph: 100 samples of 0.5 per phoneme id, records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float]] = []
+
+    def run(self, ids, table, speed):
+        assert len(ids) <= MAX_PHONEMES
+        self.calls.append((len(ids), speed))
+        return np.full(100 * len(ids), 0.5, np.float32)
+
+
+def test_long_text_is_synthesised_in_pieces_and_joined(g2p, tmp_path):
+    from editx.lite.backend import PIECE_PAUSE_S, SAMPLE_RATE, LiteBackend
+
+    session = _CountingSession()
+    lite = LiteBackend(session, g2p, _fake_voices(2), speaker=None, vad=None, model_path=tmp_path / "m.onnx")
+    text = " ".join(f"This is sentence number {number_words(i)}." for i in range(60))
+    audio = lite.synthesize(text, lite.voice("v1"), speed=1.1)
+    pieces = g2p.pieces(text)
+    assert [n for n, _ in session.calls] == [len(g2p.vocab.encode(p)) for p in pieces]
+    assert len(pieces) > 2 and all(s == 1.1 for _, s in session.calls)
+    gaps = (len(pieces) - 1) * int(PIECE_PAUSE_S * SAMPLE_RATE)
+    assert len(audio) == 100 * sum(n for n, _ in session.calls) + gaps
+
+
 # --- quality helpers --------------------------------------------------------------------------
 
 def test_word_error_rate_normalises():

@@ -21,9 +21,9 @@ import soxr
 from editx.errors import BackendUnsupportedError, ValidationError
 from editx.lite import edits, kokoro
 from editx.lite import voice as matching
-from editx.lite.voice import VoiceEncoding
 from editx.lite.phonemes import EnglishG2P, Vocab
 from editx.lite.speaker import SpeakerEncoder
+from editx.lite.voice import VoiceEncoding
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class LiteBackend:
         g2p = EnglishG2P(Vocab.from_json(kokoro.load_vocab_json()))
         return cls(session, g2p, kokoro.load_voices(), SpeakerEncoder.load(),
                    edits.SileroVAD(threads=threads), model_path)
+
+    def warmup(self) -> None:
+        """Run every graph once and compute (or read back) the pure-voice probe embeddings."""
+        self.base_embeddings()
+        self.vad.probabilities(np.zeros(SAMPLE_RATE // 2, np.float32), SAMPLE_RATE)
 
     # --- voices -------------------------------------------------------------------------------
 

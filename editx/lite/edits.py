@@ -146,7 +146,7 @@ def remove_pauses(samples: np.ndarray, sample_rate: int, mask: np.ndarray, *,
     runs = [(int(round(a * chunk)), min(len(x), int(round(b * chunk)))) for a, b in edges.reshape(-1, 2)]
     keep: list[tuple[int, int]] = []
     cursor = max(0, runs[0][0] - half)  # leading silence: keep only half a pause
-    for (start, end), nxt in zip(runs, runs[1:] + [None]):
+    for (_, end), nxt in zip(runs, runs[1:] + [None]):
         gap_end = nxt[0] if nxt else len(x)
         gap = gap_end - end
         if nxt is not None and gap <= max_pause_s * sample_rate:
