@@ -274,6 +274,8 @@ def test_unsupported_and_bad_requests(backend):
         backend.synthesize("   ")
     with pytest.raises(ValidationError):
         backend.synthesize("hello", speed=5.0)
+    with pytest.raises(BackendUnsupportedError, match="English only"):
+        backend.synthesize("今天天气很好。")
     with pytest.raises(ValidationError):
         backend.voice("af_heart")
     with pytest.raises(AudioError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ PIECE_PAUSE_S = 0.15  # silence between separately synthesised pieces of a long 
 EDGE_KEEP_S = 0.05  # silence kept at each end of a piece before joining
 EDGE_LEVEL = 0.01  # |sample| below this counts as silence when trimming piece edges
 MIN_PROMPT_S = 0.5
+# Kana, Han and hangul letters: text espeak's English voice cannot read (CJK punctuation is fine).
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
 
 
 class LiteBackend:
@@ -138,6 +141,10 @@ class LiteBackend:
         table = (voice_enc or self.voice()).table
         if table.shape != (kokoro.STYLE_ROWS, kokoro.STYLE_DIM):
             raise ValidationError(f"voice style table must be (510, 256), got {table.shape}")
+        if _CJK.search(text):
+            raise BackendUnsupportedError(
+                "the lite backend speaks English only; Chinese, Japanese or Korean text needs the "
+                "Step-Audio-EditX weights (editx download, then --backend editx)")
         pieces = self.g2p.pieces(text)
         if not pieces:
             raise ValidationError(f"nothing pronounceable in text {text[:80]!r}")
