@@ -22,7 +22,7 @@ from editx.pipeline.segment import (
 )
 
 DIALECT = re.compile(r"\[(Sichuanese|Cantonese|Japanese|Korean)\] ?")
-PROTECTED = re.compile(r"https?://[!-~]*[A-Za-z0-9/]|[\w.]+@\w+(?:\.\w+)+|\[[^\[\]\s]+\]")
+PROTECTED = re.compile(r"https?://[!-~]*[A-Za-z0-9/]|[A-Za-z0-9.]+@[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)+|\[[^\[\]\s]+\]")
 
 
 def stitch(text: str, segments: list[str]) -> list[tuple[int, int]]:
@@ -133,8 +133,7 @@ def test_short_trailing_fragment_merges_and_paragraphs_are_preferred_cuts():
 def test_word_longer_than_max_is_kept_whole():
     word = "Pneumonoultramicroscopicsilicovolcanoconiosis"
     segs = split_text(f"It is {word} for sure.", max_chars=20, min_chars=0)
-    assert word in segs[1] or any(word in s for s in segs)
-    assert not any(0 < len(s) < len(word) and s in word for s in segs)
+    assert segs == ["It is", word, "for sure."]
 
 
 def test_bad_arguments():
@@ -162,12 +161,12 @@ SEPS = ["", " ", " ", "  ", "\n", "\n\n", "\t", "\u3000"]
 
 @st.composite
 def texts(draw):
-    """Random English/Chinese/mixed texts; ASCII words are never glued into one longer than 20."""
+    """Random English/Chinese/mixed texts; two ASCII words are never glued into one."""
     prefix = draw(st.sampled_from(["", "", "[Sichuanese]", "[Cantonese] "]))
     out = []
     for _ in range(draw(st.integers(1, 120))):
         token = draw(st.sampled_from(TOKENS))
-        glued = out and not out[-1][-1].isspace() and out[-1][-1].isascii() and token[0].isascii()
+        glued = out and out[-1][-1].isascii() and out[-1][-1].isalnum() and token[0].isascii() and token[0].isalnum()
         out.append(token + draw(st.sampled_from(SEPS[1:] if glued else SEPS)))
     return prefix + "".join(out)
 
@@ -186,7 +185,7 @@ def test_split_text_properties(text, max_chars, min_chars, lang):
     spans = stitch(text, segs)  # coverage, order, no loss, no duplication
     if len(norm) <= max_chars:
         assert segs == [norm]
-    if unbreakable_runs(norm) < 20:
+    if unbreakable_runs(norm) <= max_chars - len("[Cantonese] "):  # the longest prefix
         assert all(len(s) <= max_chars for s in segs)
     protected = [m.span() for m in PROTECTED.finditer(norm)]
     for c in cuts_of(spans):

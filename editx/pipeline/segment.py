@@ -256,9 +256,11 @@ def split_text(text: str, *, max_chars: int = 300, min_chars: int = 40, lang: st
     Cuts go at sentence ends (English and CJK punctuation, paragraph breaks) where possible, in an
     over-long sentence at clause punctuation, then between words (spaces, or between CJK characters),
     never inside an ASCII word, a URL, an e-mail address or a `[Tag]`. A "." after an abbreviation
-    ("Dr.", "e.g."), an initial, inside a number or before a lower-case word ends no sentence. The
-    fewest segments are used; among those, cuts at stronger breaks, segments of at least `min_chars`
-    and even lengths are preferred. A leading dialect tag ("[Sichuanese]") is repeated on every segment.
+    ("Dr.", "e.g."), an initial, inside a number or before a lower-case word ends no sentence. One cost
+    picks the cuts (see CUT_COST): few segments, strong breaks, no segment under `min_chars` that could
+    join a neighbour, no segment that is only a tag, even lengths; a cut between words is taken only
+    where clause cuts cannot do. A leading dialect tag ("[Sichuanese]") is repeated on every segment
+    (and counts towards `max_chars`).
 
     `lang`: None or "en" apply the English "." rules above; a CJK language ("zh", "ja", "ko", "yue")
     treats every ".", "!" or "?" before a space as a sentence end. A word longer than `max_chars` is
@@ -292,8 +294,9 @@ def split_transcript_for_spans(text: str, spans: Sequence[tuple[int, int]], samp
     counts `CJK_SPOKEN_WEIGHT`, as it is a whole syllable) matches each span's share of the duration;
     within `SNAP_TOLERANCE` of that point a stronger break (sentence, then clause punctuation) wins,
     since clips are usually cut at pauses. Cuts fall between words (or CJK characters) only. The
-    result has one string per span (possibly "" for a span with no words); joined with spaces it gives
-    back the normalised text. Speaking rate is assumed constant, so expect a word or two of error.
+    result has one string per span (possibly "" for a span with no words); each character of the
+    normalised text is in exactly one of them, in order. Speaking rate is assumed constant, so expect a
+    word or two of error; a transcript aligner would do better.
     """
     if sample_rate <= 0:
         raise ValidationError(f"sample_rate must be positive, got {sample_rate}")
