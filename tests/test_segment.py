@@ -295,6 +295,24 @@ def test_audio_split_edges():
         split_audio_at_silences(tone(3), SR, max_seconds=0.01)
 
 
+@settings(max_examples=60, deadline=None, database=None)
+@given(sr=st.sampled_from([1000, 8000, 22050]), seconds=st.floats(0.0, 200.0), max_s=st.floats(0.05, 30.0),
+       seed=st.integers(0, 2**16), gaps=st.integers(0, 12))
+def test_split_audio_properties(sr, seconds, max_s, seed, gaps):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(int(seconds * sr)) * rng.uniform(0.01, 1.0)).astype(np.float32)
+    for _ in range(gaps):  # silences of random length at random places
+        a = int(rng.integers(0, max(1, len(x))))
+        x[a:a + int(rng.uniform(0.05, 2.0) * sr)] = 0.0
+    spans = split_audio_at_silences(x, sr, max_seconds=max_s)
+    if len(x) == 0:
+        assert spans == []
+        return
+    assert spans[0][0] == 0 and spans[-1][1] == len(x)
+    assert all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
+    assert all(0 < e - s <= int(max_s * sr) for s, e in spans)
+
+
 # --- joins ----------------------------------------------------------------------------------------------
 def test_join_pause_is_exact_and_edges_untouched():
     a, b, c = tone(1.0) + 0.1, tone(0.5, 330) + 0.1, tone(0.7, 150) + 0.1
