@@ -61,11 +61,11 @@ def _read_audio(path: Path):
 
 def _write_result(result, out: Path, timeline_json: Path | None) -> None:
     from editx.audio.io import encode_audio
-    from editx.telemetry.timing import format_timeline
+    from editx.telemetry.timing import TimelineSnapshot
 
     fmt = out.suffix.lstrip(".").lower() or "wav"
     out.write_bytes(encode_audio(result.audio, result.sample_rate, fmt))
-    print(format_timeline(result.timeline))
+    print(TimelineSnapshot.from_dict(result.timeline).format_table())
     print(f"wrote {out} ({result.duration_s:.2f} s, backend {result.backend})")
     if timeline_json:
         timeline_json.write_text(json.dumps(result.timeline, indent=2))

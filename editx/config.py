@@ -16,6 +16,9 @@ DEFAULT_MAX_LENGTH = 8192
 # RepetitionAwareLogitsProcessor in upstream tts.py: window 10, threshold 0.1.
 DEFAULT_REPETITION_WINDOW = 10
 DEFAULT_REPETITION_THRESHOLD = 0.1
+# Upstream pins transformers 4.53.3, whose GenerationConfig default top_k=50 applies silently to
+# `generate(do_sample=True, temperature=0.7)` (confirmed token for token by the LM goldens).
+DEFAULT_TOP_K = 50
 
 BACKENDS = ("auto", "editx", "lite")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -24,11 +27,11 @@ QUANTIZATIONS = (None, "int8", "bnb8", "bnb4", "awq")
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """LM sampling; defaults follow upstream. `temperature=0` means greedy."""
+    """LM sampling; defaults follow upstream (temperature 0.7, top-k 50). `temperature=0` means greedy."""
 
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int = DEFAULT_TOP_K  # 0 disables it
     max_length: int = DEFAULT_MAX_LENGTH  # prompt + generated, as upstream's generate(max_length=8192)
     max_new_tokens: int | None = None  # optional extra cap on generated tokens (tests, warm-up)
     repetition_window: int = DEFAULT_REPETITION_WINDOW

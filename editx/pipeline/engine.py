@@ -52,6 +52,7 @@ class Backend(Protocol):
     def fingerprint(self) -> str: ...
     def supports_edit(self, edit_type: str) -> bool: ...
     def check(self, request: Request) -> None: ...
+    def needs_prompt(self, step: Step) -> bool: ...
     def encode_prompt(self, audio: PromptAudio, timeline: Timeline | None = None) -> Any: ...
     def run_round(self, jobs: list[Job]) -> None: ...
     def warmup(self) -> None: ...
@@ -130,8 +131,11 @@ class Engine:
 
     # ---- public API ---------------------------------------------------------------------------
     def clone(self, prompt_audio: PromptAudio, prompt_text: str, text: str, *, seed: int | None = None,
-              sampling=None) -> Result:
-        return self.run(CloneRequest(prompt_audio, prompt_text, text, seed=seed, sampling=sampling))
+              sampling=None, speed: float = 1.0, edit_type: str | None = None, edit_info: str | None = None,
+              iterations: int = 1) -> Result:
+        """Speak `text` in the prompt's voice (optionally followed by an edit, `iterations` times)."""
+        return self.run(CloneRequest(prompt_audio, prompt_text, text, seed=seed, sampling=sampling, speed=speed,
+                                     edit_type=edit_type, edit_info=edit_info, iterations=iterations))
 
     def edit(self, audio: PromptAudio, audio_text: str, edit_type: str, info: str | None = None, *,
              text: str | None = None, iterations: int = 1, seed: int | None = None, sampling=None) -> Result:
@@ -294,6 +298,8 @@ class Engine:
         """Prompt encoding for this round, through the cache (first round only: later rounds'
         inputs are this request's own intermediate outputs, which nobody will ask for again)."""
         if job.prompt is not None:
+            return
+        if not self.backend.needs_prompt(job.step):
             return
         tl = job.timeline
         if job.iteration > 0 or self.cache is None:

@@ -78,6 +78,9 @@ class StepAudioBackend:
     def check(self, request) -> None:
         """Everything the upstream model does is supported; requests validate themselves."""
 
+    def needs_prompt(self, step) -> bool:
+        return True  # every clone and edit round conditions on its input's encoding
+
     def encode_prompt(self, audio: PromptAudio, timeline=None) -> PromptEncoding:
         return encode_prompt(self.tokenizer, self.decoder, audio, timeline)
 

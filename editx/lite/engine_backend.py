@@ -1,0 +1,104 @@
+"""The `lite` backend behind the Engine protocol: Kokoro synthesis with a matched voice blend.
+
+The voice blend is lite's prompt encoding, so it goes through the same prompt cache as the real
+backend's tokens. Speed and vad edits run for real; other edits are rejected before queueing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from editx.config import EngineConfig
+from editx.errors import BackendUnsupportedError
+from editx.pipeline.types import AudioChunk, PromptAudio, Request
+
+log = logging.getLogger(__name__)
+
+LITE_EDITS = ("speed", "vad")
+
+
+class LiteEngineBackend:
+    name = "lite"
+    native_speed = True
+
+    def __init__(self, config: EngineConfig, lite) -> None:
+        from editx.lite.voice import FEATURE_VERSION
+
+        self.config, self.lite = config, lite
+        self.sample_rate = lite.sample_rate
+        self.feature_version = FEATURE_VERSION
+        self.cache = None
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> LiteEngineBackend:
+        from editx.lite.backend import LiteBackend
+
+        threads = config.threads or 2
+        log.info("loading the lite backend (Kokoro-82M int8 + voice matching)", extra={"threads": threads})
+        return cls(config, LiteBackend.load(threads=threads))
+
+    def fingerprint(self) -> str:
+        return self.lite.fingerprint
+
+    def supports_edit(self, edit_type: str) -> bool:
+        return edit_type in LITE_EDITS
+
+    def check(self, request: Request) -> None:
+        edit_type = request.edit_type
+        if edit_type is not None and edit_type not in LITE_EDITS:
+            raise BackendUnsupportedError(
+                f"the {edit_type} edit needs the Step-Audio-EditX weights (start editx with --model-dir); "
+                f"the offline lite backend can do: {', '.join(LITE_EDITS)}")
+
+    def needs_prompt(self, step) -> bool:
+        return step.op == "clone"  # edits work on the samples themselves
+
+    def encode_prompt(self, audio: PromptAudio, timeline=None):
+        if timeline is None:
+            return self.lite.encode_voice(audio.samples, audio.sample_rate)
+        with timeline.stage("voice_match"):
+            return self.lite.encode_voice(audio.samples, audio.sample_rate)
+
+    @staticmethod
+    def to_entry(enc):
+        from editx.cache import CacheEntry
+
+        tensors, meta = enc.to_tensors()
+        return CacheEntry(tensors=tensors, meta={**meta, "kind": "lite"})
+
+    @staticmethod
+    def from_entry(entry):
+        from editx.lite.voice import VoiceEncoding
+
+        meta = {k: v for k, v in entry.meta.items() if k != "kind"}
+        return VoiceEncoding.from_tensors(entry.tensors, meta)
+
+    def run_round(self, jobs) -> None:
+        for job in jobs:
+            try:
+                job.check_cancelled()
+                self._run(job)
+            except Exception as exc:  # noqa: BLE001 - fail this job only
+                if not job.future.done():
+                    job.future.set_exception(exc)
+
+    def _run(self, job) -> None:
+        step, tl = job.step, job.timeline
+        if step.op == "clone":
+            with tl.stage("synthesize", chars=len(step.text), speed=step.speed):
+                audio = self.lite.synthesize(step.text, job.prompt, speed=step.speed)
+        else:
+            with tl.stage("edit", edit_type=step.edit_type, edit_info=step.edit_info):
+                audio = self.lite.edit(job.current.samples, job.current.sample_rate, step.edit_type, step.edit_info)
+        job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
+        job.rounds.append({"step": step.op, "edit_type": step.edit_type, "edit_info": step.edit_info,
+                           "lm_tokens": 0, "audio_s": job.output.size / self.sample_rate})
+        if job.emit is not None and job.iteration == len(job.steps) - 1:
+            tl.mark("first_audio")
+            job.emit(AudioChunk(job.output, self.sample_rate, index=0, final=True))
+
+    def warmup(self) -> None:
+        self.lite.warmup()
+        self.lite.synthesize("Warm up.", self.lite.voice())
