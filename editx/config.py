@@ -23,6 +23,7 @@ DEFAULT_TOP_K = 50
 BACKENDS = ("auto", "editx", "lite")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = (None, "int8", "bnb8", "bnb4", "awq")
+LM_LOOPS = ("session", "naive")  # naive: the way upstream's HF generate runs (benchmark baseline only)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class EngineConfig:
     onnx_providers: tuple[str, ...] | None = None  # None: CUDA when available, then CPU
     allow_tf32: bool = True
     flow_steps: int = 10
+    lm_loop: str = "session"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cache_dir: Path | None = None  # None: platform user cache dir / editx
     cache_memory_bytes: int = 512 * 2**20
@@ -83,6 +85,8 @@ class EngineConfig:
         if self.quantize not in QUANTIZATIONS:
             allowed = ", ".join(str(q) for q in QUANTIZATIONS)
             raise ValidationError(f"quantize must be one of {allowed}, got {self.quantize!r}")
+        if self.lm_loop not in LM_LOOPS:
+            raise ValidationError(f"lm_loop must be one of {', '.join(LM_LOOPS)}, got {self.lm_loop!r}")
         if self.flow_steps < 1:
             raise ValidationError(f"flow_steps must be >= 1, got {self.flow_steps}")
         if self.max_batch < 1 or self.queue_size < 1:

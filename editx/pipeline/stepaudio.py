@@ -151,6 +151,9 @@ class StepAudioBackend:
         """Decode every job's prompt as one batch; honours cancellation and max_new_tokens per job."""
         import time
 
+        if self.config.lm_loop == "naive":
+            return self._generate_naive(jobs, prompts)
+
         session = self._session()
         owner: dict[int, int] = {}
         results: list[list[int] | None] = [None] * len(jobs)
@@ -193,6 +196,20 @@ class StepAudioBackend:
             if prefixes[i] is not None:
                 job.timeline.set_cache("lm_prefix", "memory" if hit_prefix[i] else "miss")
         return results
+
+    def _generate_naive(self, jobs, prompts: list[list[int]]) -> list[list[int] | None]:
+        """The benchmark baseline: one request at a time, HF-generate style (no static cache)."""
+        from editx.lm.naive import generate_naive
+
+        out = []
+        for job, prompt in zip(jobs, prompts):
+            t0 = job.timeline.elapsed()
+            ids = generate_naive(self.lm, prompt, sampling=job.request.sampling or self.config.sampling,
+                                 generator=job.generator)
+            job.timeline.add_stage("lm_generate", t0, job.timeline.elapsed() - t0, loop="naive", tokens=len(ids),
+                                   prompt_tokens=len(prompt))
+            out.append(ids)
+        return out
 
     def _store_prefixes(self, session, jobs, owner, prefixes, hit_prefix) -> None:
         """After prefill, keep each new voice prefix's KV next to its prompt encoding (memory tier)."""
