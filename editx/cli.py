@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -270,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--data-dir", type=Path, default=None)
     s.set_defaults(func=_cmd_serve)
+
+    if importlib.util.find_spec("editx.bench") is not None:
+        from editx import bench  # light at import: heavy modules load inside bench.run
+
+        b = sub.add_parser("bench", help="benchmark: stages, cold/warm, A/B, scaling sweeps, quality")
+        bench.add_arguments(b)
+        b.set_defaults(func=bench.run)
 
     d = sub.add_parser("download", help="download the official weights (needs network)")
     d.add_argument("dir", type=Path)
