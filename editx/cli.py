@@ -270,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--data-dir", type=Path, default=None)
+    rs = s.add_argument_group("cluster (Ray Serve; needs the cluster extra; without these one process serves)")
+    rs.add_argument("--replicas", type=int, default=None, help="engine replicas, each with its own model")
+    rs.add_argument("--ray-address", default=None, help="join this Ray cluster (env RAY_ADDRESS); default: local")
+    rs.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local Ray instance (default: all)")
+    rs.add_argument("--min-replicas", type=int, default=None, help="autoscaling lower bound (with --max-replicas)")
+    rs.add_argument("--max-replicas", type=int, default=None, help="autoscaling upper bound (turns autoscaling on)")
+    rs.add_argument("--target-ongoing-requests", type=float, default=None, help="autoscaling target per replica")
+    rs.add_argument("--replica-cpus", type=float, default=None, help="CPUs reserved per replica (default 1)")
+    rs.add_argument("--replica-gpus", type=float, default=None, help="GPU share per replica (default 0)")
+    rs.add_argument("--max-ongoing-requests", type=int, default=None, help="requests one replica runs at once")
+    rs.add_argument("--max-queued-requests", type=int, default=None,
+                    help="requests waiting for a replica before the server answers 429")
     s.set_defaults(func=_cmd_serve)
 
     if importlib.util.find_spec("editx.bench") is not None:

@@ -85,3 +85,37 @@ def speechlike(seconds: float = 2.0, sr: int = 16000, seed: int = 0):
     x = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
     x = 0.3 * x / np.max(np.abs(x)) + 0.003 * rng.standard_normal(t.size)
     return PromptAudio(x.astype(np.float32), sr)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A throwaway redis-server on a loopback port for the session (skips when it cannot run)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    redis = pytest.importorskip("redis", reason="the 'redis' package (editx[redis]) is not installed")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.skip("redis-server did not start")
+            time.sleep(0.02)
+    yield url
+    client.close()
+    proc.terminate()
+    proc.wait(10)

@@ -29,7 +29,8 @@ from editx.errors import (
     ValidationError,
 )
 from editx.server.settings import ServerSettings
-from editx.server.voices import SQLiteVoiceStore, UnknownVoiceError
+from editx.server.voices import UnknownVoiceError
+from editx.server.voices_redis import StoreUnavailableError, make_voice_store
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
         return 499, "cancelled"
     if isinstance(exc, ModelFilesError):
         return 503, "model_unavailable"
+    if isinstance(exc, StoreUnavailableError):
+        return 503, "store_unavailable"
     return 500, "editx_error"
 
 
@@ -123,7 +126,7 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     """Build the app around a loaded `engine`, or a `loader` that builds one in the background."""
     settings = settings or ServerSettings.from_env()
     holder = EngineHolder(engine, loader)
-    store = store or SQLiteVoiceStore(settings.data_dir)
+    store = store or make_voice_store(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -148,7 +151,8 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     @app.exception_handler(EditxError)
     async def _editx_error(_request: Request, exc: EditxError):
         status, code = _status_for(exc)
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, QueueFullError) else None
+        retry = isinstance(exc, (QueueFullError, StoreUnavailableError))
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if retry else None
         return error_response(status, str(exc), code, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -17,9 +17,16 @@ def serve(args, config) -> int:
     from editx.pipeline.engine import Engine
     from editx.server.app import create_app
     from editx.server.settings import ServerSettings
+    from editx.server.voices_redis import make_voice_store
 
     settings = ServerSettings.from_env(data_dir=getattr(args, "data_dir", None))
-    app = create_app(loader=lambda: Engine.load(config), settings=settings)
+    from editx.server.cluster import ClusterOptions, cluster_requested, serve_cluster
+
+    if cluster_requested(args):  # Ray Serve; ray is imported only on this path
+
+        return serve_cluster(config, settings, ClusterOptions.from_args(args), host=args.host, port=args.port)
+    app = create_app(loader=lambda: Engine.load(config), settings=settings,
+                     store=make_voice_store(settings, config.redis_url))
     log.info("serving", extra={"host": args.host, "port": args.port, "backend": config.resolved_backend,
                                "auth": bool(settings.api_keys), "data_dir": str(settings.data_dir)})
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)

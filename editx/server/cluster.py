@@ -1,0 +1,347 @@
+"""`editx serve --replicas N`: the same FastAPI app on Ray Serve, an ingress in front of N engine replicas.
+
+Each `EngineReplica` loads the Engine once and warms it up in its constructor, so Ray only routes to
+it (and only marks it healthy) once it can serve; its health check is "the engine is ready". It runs
+the ordinary `create_app` app in-process: requests reach it as plain data and it answers with the
+app's own status, headers and body chunks, adding `X-Editx-Replica`. What replicas share lives in
+Redis: the prompt cache's shared tier (`EngineConfig.redis_url`) and the voice registry
+(`make_voice_store`). Everything else (weights, KV caches, the memory/disk cache tiers) is per replica.
+
+The `Ingress` deployment holds no model. It forwards each request through a Serve handle (Serve picks
+the least-loaded of two replicas), turns Serve's back-pressure into 429 + Retry-After when every
+replica's queue is full, retries once on another replica when the chosen one died before answering
+(for requests that are safe to repeat), and otherwise answers 503 + Retry-After; it never waits on a
+dead replica. Ray restarts dead replicas by itself (the Serve controller keeps the target count).
+
+This module imports ray only inside functions: `editx serve` without `--replicas` never loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "editx"
+REPLICA_HEADER = "x-editx-replica"
+RETRIED_HEADER = "x-editx-retried"
+# Requests whose repetition has no effect beyond the answer (a seeded synthesis gives the same audio
+# again; the prompt cache is content-addressed), so a replica dying under them can be retried once.
+RETRY_SAFE_PATHS = ("/v1/audio/speech", "/v1/audio/edits")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How the engine deployment is scaled and placed; every field is logged at start."""
+
+    replicas: int = 1
+    min_replicas: int | None = None  # with max_replicas: autoscaling instead of a fixed count
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0  # autoscaling target per replica
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
+    max_ongoing_requests: int = 8  # sent to one replica at once (its engine batches them)
+    max_queued_requests: int = 64  # waiting in the ingress for a replica; beyond: 429
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    ray_num_cpus: int | None = None  # local Ray only; None: every core
+    ingress_replicas: int = 1
+    retries: int = 1  # on a dead replica, for RETRY_SAFE_PATHS and GET/HEAD
+    retry_after_s: int = 2
+    request_timeout_s: float | None = None  # end-to-end limit at the HTTP proxy
+    health_check_period_s: float = 10.0
+    health_check_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        from editx.errors import ValidationError
+
+        if self.replicas < 1:
+            raise ValidationError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.min_replicas is not None and self.max_replicas is None:
+            raise ValidationError("--min-replicas needs --max-replicas (autoscaling bounds come in pairs)")
+        if self.autoscaling and not (0 <= (self.min_replicas or 0) <= self.max_replicas and self.max_replicas >= 1):
+            raise ValidationError(f"autoscaling bounds must satisfy 0 <= min <= max, max >= 1; got "
+                                  f"min={self.min_replicas} max={self.max_replicas}")
+        if self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise ValidationError("--replica-cpus and --replica-gpus must be >= 0")
+        if self.max_ongoing_requests < 1 or self.max_queued_requests < 1 or self.target_ongoing_requests <= 0:
+            raise ValidationError("--max-ongoing-requests, --max-queued-requests and --target-ongoing-requests "
+                                  "must be positive")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    @classmethod
+    def from_args(cls, args) -> ClusterOptions:
+        """From the `editx serve` flags (None means the default)."""
+        names = ("replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "replica_cpus",
+                 "replica_gpus", "max_ongoing_requests", "max_queued_requests", "ray_address", "ray_num_cpus")
+        given = {n: getattr(args, n, None) for n in names}
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+    def engine_deployment_options(self) -> dict:
+        """Keyword arguments of `serve.deployment` for the engine replicas."""
+        opts: dict = {
+            "ray_actor_options": {"num_cpus": self.replica_cpus, "num_gpus": self.replica_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+        }
+        if self.autoscaling:
+            opts["autoscaling_config"] = {"min_replicas": self.min_replicas or 0, "max_replicas": self.max_replicas,
+                                          "initial_replicas": max(self.min_replicas or 0, 1),
+                                          "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            opts["num_replicas"] = self.replicas
+        return opts
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        if d["ray_address"]:
+            d["ray_address"] = d["ray_address"].rpartition("@")[2]  # no credentials in logs
+        return d
+
+
+def cluster_requested(args) -> bool:
+    """`editx serve` runs on Ray Serve when a replica count or autoscaling bound was given."""
+    return bool(getattr(args, "replicas", None) or getattr(args, "max_replicas", None))
+
+
+# ---- the engine replica ------------------------------------------------------------------------
+_DONE = object()
+
+
+class EngineReplica:
+    """One Engine + the ordinary app; Ray marks it running only after load and warm-up finish."""
+
+    def __init__(self, config, settings) -> None:
+        import ray
+        from ray import serve
+
+        from editx.pipeline.engine import Engine
+        from editx.server.app import create_app
+        from editx.server.voices_redis import make_voice_store
+
+        self.replica_id = serve.get_replica_context().replica_tag
+        self.actor_name = ray.get_runtime_context().get_actor_name()
+        t0 = time.perf_counter()
+        self.engine = Engine.load(config)  # warms up when config.warmup (the default)
+        self.app = create_app(self.engine, settings=settings, store=make_voice_store(settings, config.redis_url))
+        log.info("replica ready", extra={"replica": self.replica_id, "load_s": round(time.perf_counter() - t0, 3),
+                                         "backend": self.engine.backend.name, "pid": os.getpid()})
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: the engine is loaded, warm and its worker alive."""
+        from editx.errors import EditxError
+
+        if not self.engine.ready or not self.engine._worker.is_alive():
+            raise EditxError(f"replica {self.replica_id}: engine not ready")
+
+    def info(self) -> dict:
+        return {"replica": self.replica_id, "actor_name": self.actor_name, "pid": os.getpid(),
+                "queue_depth": self.engine.queue_depth}
+
+    async def handle(self, req: dict):
+        """Run one HTTP request through the app; yields {"status", "headers"} then body chunks."""
+        sent: asyncio.Queue = asyncio.Queue()
+        gone = asyncio.Event()
+        body_given = False
+
+        async def receive():
+            nonlocal body_given
+            if not body_given:
+                body_given = True
+                return {"type": "http.request", "body": req["body"], "more_body": False}
+            await gone.wait()  # the caller went away (or the response is complete)
+            return {"type": "http.disconnect"}
+
+        task = asyncio.create_task(self._run(_scope(req), receive, sent.put, sent))
+        try:
+            while True:
+                msg = await sent.get()
+                if msg is _DONE:
+                    break
+                if msg["type"] == "http.response.start":
+                    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in msg.get("headers", [])]
+                    yield {"status": msg["status"], "headers": headers + [(REPLICA_HEADER, self.replica_id)]}
+                elif msg["type"] == "http.response.body":
+                    if msg.get("body"):
+                        yield bytes(msg["body"])
+                    if not msg.get("more_body", False):
+                        break
+        finally:
+            gone.set()  # a cancelled stream cancels the engine job (the app polls for disconnects)
+            asyncio.get_running_loop().call_later(5.0, task.cancel)
+
+    async def _run(self, scope, receive, send, sent: asyncio.Queue) -> None:
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:  # the app's own handler already answered 500; anything else gets one here
+            if not started:
+                log.exception("request failed in replica", extra={"replica": self.replica_id})
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": b'{"error":{"message":"internal error (see the replica log)",'
+                                    b'"type":"internal_error","code":500}}'})
+        finally:
+            await sent.put(_DONE)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+def _scope(req: dict) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": req["method"], "scheme": "http", "path": req["path"], "raw_path": req["path"].encode(),
+            "query_string": req["query"], "root_path": "", "headers": req["headers"], "client": req["client"],
+            "server": ("editx-replica", 0), "state": {}}
+
+
+# ---- the ingress -------------------------------------------------------------------------------
+def _json_error(status: int, message: str, code: str, retry_after: int | None = None):
+    from starlette.responses import JSONResponse
+
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": {"message": message, "type": code, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+class Ingress:
+    """Forwards every request to an engine replica; back-pressure → 429, dead replica → retry or 503."""
+
+    def __init__(self, engine_handle, max_request_bytes: int, options: ClusterOptions) -> None:
+        self.engine = engine_handle
+        self.max_bytes = max_request_bytes
+        self.options = options
+
+    async def __call__(self, request):
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+        from starlette.responses import StreamingResponse
+
+        body = await self._read_body(request)
+        if body is None:
+            return _json_error(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
+        req = {"method": request.method, "path": request.url.path, "query": request.url.query.encode("latin-1"),
+               "headers": [(k, v) for k, v in request.headers.raw], "body": body,
+               "client": (request.client.host, request.client.port) if request.client else ("", 0)}
+        safe = request.method in ("GET", "HEAD") or request.url.path in RETRY_SAFE_PATHS
+        attempts = 1 + (self.options.retries if safe else 0)
+        retry_after = self.options.retry_after_s
+        for attempt in range(attempts):
+            gen = self.engine.options(stream=True).handle.remote(req)
+            try:
+                start = await gen.__anext__()
+            except BackPressureError:
+                return _json_error(429, "every replica's queue is full; retry later", "queue_full", retry_after)
+            except StopAsyncIteration:
+                return _json_error(502, "the replica closed the request without an answer", "bad_gateway",
+                                   retry_after)
+            except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError) as exc:
+                log.warning("replica lost a request", extra={"path": req["path"], "attempt": attempt + 1,
+                                                             "error": type(exc).__name__})
+                if attempt + 1 < attempts:
+                    continue
+                return _json_error(503, "the replica serving this request stopped (it is being restarted); "
+                                        "retry shortly", "replica_unavailable", retry_after)
+            headers = dict(start["headers"])
+            if attempt:
+                headers[RETRIED_HEADER] = str(attempt)
+            return StreamingResponse(_rest(gen), status_code=start["status"], headers=headers)
+        raise AssertionError("unreachable")  # the loop always returns
+
+    async def _read_body(self, request) -> bytes | None:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return None
+        parts, seen = [], 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+async def _rest(gen):
+    async for chunk in gen:
+        yield chunk
+
+
+# ---- building and running ----------------------------------------------------------------------
+def build_app(config, settings, options: ClusterOptions):
+    """The bound Serve application: Ingress → EngineReplica × N (nothing is started here)."""
+    from ray import serve
+
+    engine = serve.deployment(EngineReplica, name="EngineReplica", **options.engine_deployment_options())
+    ingress = serve.deployment(Ingress, name="Ingress", num_replicas=options.ingress_replicas,
+                               ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+    return ingress.bind(engine.bind(config, settings), settings.max_request_bytes, options)
+
+
+def start_ray(options: ClusterOptions) -> str:
+    """Join the cluster at --ray-address/RAY_ADDRESS, or start a local Ray instance; returns which."""
+    import ray
+
+    address = options.ray_address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return "existing"
+    if address:
+        ray.init(address=address)
+        return address.rpartition("@")[2]
+    ray.init(num_cpus=options.ray_num_cpus or os.cpu_count(), include_dashboard=False)
+    return "local"
+
+
+def deploy(config, settings, options: ClusterOptions, *, host: str, port: int, name: str = APP_NAME) -> None:
+    """Start Serve's HTTP proxy on host:port and deploy; returns once every replica is warm."""
+    from ray import serve
+
+    http = {"host": host, "port": port}
+    if options.request_timeout_s:
+        http["request_timeout_s"] = options.request_timeout_s
+    serve.start(http_options=http)
+    t0 = time.perf_counter()
+    serve.run(build_app(config, settings, options), name=name, route_prefix="/", blocking=False)
+    log.info("cluster ready", extra={"deploy_s": round(time.perf_counter() - t0, 3), "app": name})
+
+
+def serve_cluster(config, settings, options: ClusterOptions, *, host: str, port: int) -> int:
+    """`editx serve --replicas N`: run until interrupted, then tear the application down."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve
+    except ImportError as exc:
+        from editx.errors import EditxError
+
+        raise EditxError("`editx serve --replicas` needs the cluster extra: pip install 'editx[cluster]'") from exc
+    where = start_ray(options)
+    log.info("cluster starting", extra={"ray": where, "host": host, "port": port, "backend": config.resolved_backend,
+                                        "redis": bool(config.redis_url), **options.describe()})
+    if not config.redis_url:
+        log.warning("no EDITX_REDIS_URL: replicas share no prompt cache, and the voice registry is the SQLite "
+                    "one under the data dir (one host only); set --redis-url for a multi-host cluster")
+    deploy(config, settings, options, host=host, port=port)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("cluster stopping")
+    finally:
+        serve.shutdown()
+    return 0

@@ -1,0 +1,221 @@
+"""Ray Serve cluster on the tiny fixture: 2 replicas, a shared Redis, spread, equality, sharing, faults, 429.
+
+One local Ray instance (num_cpus=2) and one deployment serve the whole module; the tests run in file
+order and the last one reconfigures the queues in place. Skipped when ray or redis-server is missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import soundfile as sf
+from conftest import speechlike
+
+from editx.config import EngineConfig, SamplingConfig
+from editx.errors import ValidationError
+from editx.server.cluster import REPLICA_HEADER, ClusterOptions, build_app, deploy
+from editx.server.settings import ServerSettings
+
+pytestmark = pytest.mark.slow
+
+APP = "editx"
+SEEDS = (0, 1, 2, 3)
+
+
+def wav_bytes(audio) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio.samples, audio.sample_rate, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def speech_body(vid: str, i: int) -> dict:
+    return {"input": f"request number {i % len(SEEDS)}", "voice": vid, "response_format": "pcm",
+            "editx": {"seed": SEEDS[i % len(SEEDS)]}}
+
+
+def wait_until(cond, what: str, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(APP)
+    if app is None or "EngineReplica" not in app.deployments:
+        return 0
+    return dict(app.deployments["EngineReplica"].replica_states).get("RUNNING", 0)
+
+
+def test_plain_serve_never_imports_ray():
+    code = ("import sys, editx.cli, editx.server.run, editx.server.cluster, editx.server.app; "
+            "a = editx.cli.build_parser().parse_args(['serve']); "
+            "assert not editx.server.cluster.cluster_requested(a); "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_options_from_flags_and_their_validation():
+    from editx.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--replicas", "3", "--replica-cpus", "2", "--replica-gpus", "0.5",
+                                      "--max-queued-requests", "5", "--ray-address", "ray://u:pw@head:10001"])
+    opts = ClusterOptions.from_args(args)
+    d = opts.engine_deployment_options()
+    assert d["num_replicas"] == 3 and d["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5}
+    assert d["max_queued_requests"] == 5 and "autoscaling_config" not in d
+    assert opts.describe()["ray_address"] == "head:10001"  # no credentials in the start-up log
+    auto = ClusterOptions.from_args(build_parser().parse_args(
+        ["serve", "--min-replicas", "1", "--max-replicas", "4", "--target-ongoing-requests", "3"]))
+    a = auto.engine_deployment_options()["autoscaling_config"]
+    assert a == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 3.0}
+    for bad in ({"replicas": 0}, {"min_replicas": 2}, {"min_replicas": 3, "max_replicas": 2},
+                {"max_queued_requests": 0}, {"replica_gpus": -1}):
+        with pytest.raises(ValidationError):
+            ClusterOptions(**bad)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir, redis_url, tmp_path_factory):
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'editx[cluster]')")
+    httpx = pytest.importorskip("httpx")
+    from ray import serve
+
+    config = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4,
+                          threads=2, redis_url=redis_url, cache_dir=tmp_path_factory.mktemp("cc"),
+                          cache_disk_bytes=0)  # no shared folder: only Redis links the replicas, as across hosts
+    settings = ServerSettings(data_dir=tmp_path_factory.mktemp("cluster-data"))
+    options = ClusterOptions(replicas=2, max_ongoing_requests=8, max_queued_requests=64, ray_num_cpus=2)
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        deploy(config, settings, options, host="127.0.0.1", port=port, name=APP)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield {"client": client, "config": config, "settings": settings, "options": options}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_backend, tmp_path_factory):
+    """The single-process server's audio for SEEDS, same clip and texts."""
+    from fastapi.testclient import TestClient
+
+    from editx.cache.tiered import TieredCache
+    from editx.pipeline.engine import Engine
+    from editx.server.app import create_app
+    from editx.server.voices import SQLiteVoiceStore
+
+    root = tmp_path_factory.mktemp("single")
+    engine = Engine(tiny_backend.config, tiny_backend, TieredCache(2**26, None, 0))
+    engine.ready = True
+    app = create_app(engine, settings=ServerSettings(data_dir=root), store=SQLiteVoiceStore(root))
+    with TestClient(app) as c:
+        vid = c.post("/v1/voices", files={"file": ("r.wav", wav_bytes(speechlike(seed=7)), "audio/wav")},
+                     data={"prompt_text": "hello world"}).json()["id"]
+        out = [c.post("/v1/audio/speech", json=speech_body(vid, i)).content for i in range(len(SEEDS))]
+    engine.close()
+    return out
+
+
+def register(client, seed: int):
+    r = client.post("/v1/voices", files={"file": ("r.wav", wav_bytes(speechlike(seed=seed)), "audio/wav")},
+                    data={"prompt_text": "hello world", "name": f"clip{seed}"})
+    assert r.status_code == 201, r.text
+    return r
+
+
+def test_sixteen_concurrent_requests_spread_and_equal_to_single_process(cluster, reference):
+    c = cluster["client"]
+    assert c.get("/readyz").json()["status"] == "ready"
+    vid = register(c, seed=7).json()["id"]
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: c.post("/v1/audio/speech", json=speech_body(vid, i)), range(16)))
+    assert [r.status_code for r in results] == [200] * 16
+    assert len({r.headers[REPLICA_HEADER] for r in results}) == 2, "both replicas should have answered"
+    for i, r in enumerate(results):
+        assert r.content == reference[i % len(SEEDS)], f"request {i} differs from the single-process server"
+    cluster["voice"] = vid
+
+
+def test_register_on_one_replica_synthesize_on_the_other(cluster):
+    c = cluster["client"]
+    reg = register(c, seed=11)
+    vid, home = reg.json()["id"], reg.headers[REPLICA_HEADER]
+    other = None
+    for i in range(30):  # the router picks replicas at random among the less loaded: go until the other answers
+        r = c.post("/v1/audio/speech", json=speech_body(vid, i))
+        assert r.status_code == 200, r.text
+        cache = json.loads(r.headers["x-editx-timeline"])["cache"]["prompt"]
+        if r.headers[REPLICA_HEADER] != home:
+            other = (r.headers[REPLICA_HEADER], cache)
+            break
+        assert cache == "memory"  # the registering replica warmed its own memory tier
+    assert other is not None, "the second replica never answered in 30 requests"
+    # the prompt encoded at registration on `home` is a hit from Redis on the other replica
+    assert other[1] == "shared"
+    # deleting through any replica removes it for every one of them
+    assert c.delete(f"/v1/voices/{vid}").status_code == 200
+    seen = set()
+    for _ in range(12):
+        r = c.post("/v1/audio/speech", json=speech_body(vid, 0))
+        assert r.status_code == 404 and "unknown voice" in r.json()["error"]["message"]
+        seen.add(r.headers[REPLICA_HEADER])
+    assert vid not in [v["id"] for v in c.get("/v1/voices").json()["data"]]
+
+
+def test_replica_killed_under_load_loses_nothing(cluster, reference):
+    import ray
+
+    c, vid = cluster["client"], cluster["voice"]
+    victim = c.get("/readyz").headers[REPLICA_HEADER]
+    with cf.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(c.post, "/v1/audio/speech", json=speech_body(vid, i)) for i in range(12)]
+        time.sleep(0.5)  # requests are in flight on both replicas
+        ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP}#EngineReplica#{victim}", namespace="serve"))
+        results = [f.result(timeout=120) for f in futures]  # nothing hangs
+    for i, r in enumerate(results):
+        if r.status_code == 503:  # allowed: a clear answer telling the client when to come back
+            assert int(r.headers["retry-after"]) >= 1 and "retry" in r.json()["error"]["message"]
+        else:
+            assert r.status_code == 200 and r.content == reference[i % len(SEEDS)]
+    assert sum(r.status_code == 200 for r in results) >= 6
+    # Ray replaces the dead replica; the voice and the cache entries survive in Redis
+    wait_until(lambda: running_replicas() == 2, "Serve to restart the killed replica", 90)
+    with cf.ThreadPoolExecutor(8) as pool:
+        after = list(pool.map(lambda i: c.post("/v1/audio/speech", json=speech_body(vid, i)), range(8)))
+    assert [r.status_code for r in after] == [200] * 8
+    assert victim not in {r.headers[REPLICA_HEADER] for r in after}
+    assert all(r.content == reference[i % len(SEEDS)] for i, r in enumerate(after))
+    assert vid in [v["id"] for v in c.get("/v1/voices").json()["data"]]
+
+
+def test_full_queues_answer_429_with_retry_after(cluster):
+    from ray import serve
+
+    c, vid = cluster["client"], cluster["voice"]
+    tight = ClusterOptions(replicas=2, max_ongoing_requests=1, max_queued_requests=1)
+    # same code and arguments, new queue bounds: Serve rolls the replicas over to them
+    serve.run(build_app(cluster["config"], cluster["settings"], tight), name=APP, route_prefix="/")
+    with cf.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda i: c.post("/v1/audio/speech", json=speech_body(vid, i)), range(10)))
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+    for r in results:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1 and "queue" in r.json()["error"]["message"]
