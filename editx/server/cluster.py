@@ -294,6 +294,16 @@ def build_app(config, settings, options: ClusterOptions):
     return ingress.bind(engine.bind(config, settings), settings.max_request_bytes, options)
 
 
+def app_from_args(args: dict):
+    """Serve application builder for a Serve config file or a KubeRay RayService (`import_path:
+    editx.server.cluster:app_from_args`): engine and server settings come from the EDITX_* environment
+    of the Ray nodes, `args` holds ClusterOptions fields (e.g. {"replicas": 2, "replica_gpus": 1})."""
+    from editx.config import EngineConfig
+    from editx.server.settings import ServerSettings
+
+    return build_app(EngineConfig.from_env(), ServerSettings.from_env(), ClusterOptions(**(args or {})))
+
+
 def start_ray(options: ClusterOptions) -> str:
     """Join the cluster at --ray-address/RAY_ADDRESS, or start a local Ray instance; returns which."""
     import ray
