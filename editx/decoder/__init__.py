@@ -3,7 +3,8 @@
 `load_decoder(dir)` reads cosyvoice.yaml, flow.pt, hift.pt and campplus.onnx from the official folder.
 `CosyVoiceDecoder` exposes the prompt-side features (speaker embedding, prompt mel: the cacheable
 part of a voice prompt) and the two synthesis stages, separately timed by the engine:
-`token2mel` (flow matching) and `mel2wav` (vocoder), or both via `synthesize`. The submodules
+`token2mel` (flow matching) and `mel2wav` (vocoder), or both via `synthesize`; `open_stream` decodes
+ids chunk by chunk as they arrive (editx.decoder.streaming). The submodules
 (config, tokens, flow, vocoder, speaker) are imported lazily so importing the package stays cheap.
 """
 
@@ -135,6 +136,18 @@ class CosyVoiceDecoder:
         """
         mel = self.token2mel(prompt_mixed, prompt_mel, spk_emb, target_mixed, n_steps=n_steps)
         return self.mel2wav(mel, generator=generator)
+
+    def open_stream(self, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *,
+                    n_steps: int = 10, chunk_rows=None, generator: torch.Generator | None = None,
+                    noise: str = "offline", stage=None):
+        """A DecoderStream: `push(mixed ids)` as they arrive, then `finish()`; both return audio pieces."""
+        from editx.decoder.streaming import STREAM_CHUNK_ROWS, DecoderStream, _no_stage
+
+        if n_steps < 1:
+            raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
+        return DecoderStream(self, prompt_mixed, prompt_mel, spk_emb, n_steps=n_steps,
+                             chunk_rows=chunk_rows or STREAM_CHUNK_ROWS, generator=generator, noise=noise,
+                             stage=stage or _no_stage)
 
 
 def load_decoder(cosyvoice_dir: str | Path, *, device: str | torch.device = "cpu",

@@ -1,13 +1,16 @@
 """The flow's token encoder: UpsampleConformerEncoderV2 (rel-pos conformer, lookahead, 2x upsampling).
 
-Offline (non-streaming) semantics of stepvocoder/cosyvoice2/transformer/upsample_encoder_v2.py with a
-single unpadded sequence: full bidirectional attention with ESPnet relative positions, pre-norm blocks
-without convolution or macaron modules, dropout off.
+Offline semantics of stepvocoder/cosyvoice2/transformer/upsample_encoder_v2.py with a single unpadded
+sequence: full bidirectional attention with ESPnet relative positions, pre-norm blocks without
+convolution or macaron modules, dropout off. `forward_chunk` is upstream's streaming path: each chunk
+attends to the cached keys/values of every earlier row plus itself, the lookahead and upsampling
+convolutions carry their left context in an `EncoderCache`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +37,26 @@ def rel_position_table(size: int, d_model: int, *, device: torch.device | None =
 
 
 def rel_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, 2T-1) scores against offsets T-1 … -(T-1) → (B, H, T, T) indexed by i - j (a view)."""
-    b, h, t, _w = scores.shape
+    """(B, H, T, 2L-1) scores against offsets L-1 … -(L-1) → (B, H, T, L) indexed by query - key (a view).
+
+    The T queries are the last T of the L positions (T == L offline; T < L with a key cache).
+    """
+    b, h, t, w = scores.shape
     scores = scores.contiguous()
     sb, sh, st, sw = scores.stride()
-    # element (i, j) sits at column (T-1) - i + j of row i
-    return scores.as_strided((b, h, t, t), (sb, sh, st - sw, sw), scores.storage_offset() + (t - 1) * sw)
+    # element (i, j) sits at column (T-1) - i + j of row i (query L-T+i against key j)
+    return scores.as_strided((b, h, t, (w + 1) // 2), (sb, sh, st - sw, sw), scores.storage_offset() + (t - 1) * sw)
+
+
+@dataclass
+class EncoderCache:
+    """What one encoder chunk hands to the next: per-block keys/values of every row so far and the
+    left context of the two causal convolutions."""
+
+    att: list[tuple[torch.Tensor, torch.Tensor]]  # per block (B, H, rows or 2*rows, D) keys, values
+    lookahead: torch.Tensor  # (B, C, 2) last lookahead conv1 outputs (conv2's left context)
+    upsample: torch.Tensor  # (B, C, 2*stride) last repeated rows (the upsampling conv's left context)
+    rows: int  # token rows encoded so far
 
 
 class LinearEmbed(nn.Module):
@@ -82,6 +99,23 @@ class RelPositionAttention(nn.Module):
         out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position, scale=scale)
         return self.linear_out(out.transpose(1, 2).reshape(b, t, c))
 
+    def forward_chunk(self, x: torch.Tensor, pos: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, T, C) after `cache` (B, H, L-T, D) keys/values; pos (1, 2L-1, C). Returns out, new cache."""
+        b, t, c = x.shape
+        q = self.linear_q(x).view(b, t, self.h, self.d_k)
+        k = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)  # (B, H, L, D)
+        p = self.linear_pos(pos).view(1, -1, self.h, self.d_k).transpose(1, 2)  # (1, H, 2L-1, D)
+        q_u = (q + self.pos_bias_u).transpose(1, 2)
+        q_v = (q + self.pos_bias_v).transpose(1, 2)
+        scale = 1.0 / math.sqrt(self.d_k)
+        position = rel_shift(torch.matmul(q_v, p.transpose(-2, -1))) * scale  # (B, H, T, L)
+        out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=position, scale=scale)
+        return self.linear_out(out.transpose(1, 2).reshape(b, t, c)), (k, v)
+
 
 class FeedForward(nn.Module):
     def __init__(self, idim: int, hidden: int, activation: str) -> None:
@@ -109,6 +143,12 @@ class ConformerLayer(nn.Module):
         x = x + self.self_attn(self.norm_mha(x), pos)
         return x + self.feed_forward(self.norm_ff(x))
 
+    def forward_chunk(self, x: torch.Tensor, pos: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        y, cache = self.self_attn.forward_chunk(self.norm_mha(x), pos, cache)
+        x = x + y
+        return x + self.feed_forward(self.norm_ff(x)), cache
+
 
 class PreLookahead(nn.Module):
     """Look `n` tokens ahead (right-padded conv), then a causal k=3 conv; residual."""
@@ -125,6 +165,15 @@ class PreLookahead(nn.Module):
         y = self.conv2(F.pad(y, (2, 0)))
         return x + y.transpose(1, 2)
 
+    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T+n, C), its last n rows only looked at → (B, T, C); cache (B, C, 2) conv1 outputs."""
+        y = F.leaky_relu(self.conv1(x.transpose(1, 2)))  # (B, C, T)
+        if cache is None:
+            cache = y.new_zeros(y.shape[0], y.shape[1], 2)
+        new_cache = torch.cat([cache, y], dim=2)[..., -2:]
+        y = self.conv2(torch.cat([cache, y], dim=2))
+        return x[:, :-self.lookahead] + y.transpose(1, 2), new_cache
+
 
 class Upsample(nn.Module):
     """Nearest repeat by `stride`, then a causal conv with kernel 2*stride+1."""
@@ -137,6 +186,14 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.transpose(1, 2).repeat_interleave(self.stride, dim=2)  # (B, C, stride*T)
         return self.conv(F.pad(y, (2 * self.stride, 0))).transpose(1, 2)
+
+    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) → (B, stride*T, C); cache (B, C, 2*stride) the previous repeated rows."""
+        y = x.transpose(1, 2).repeat_interleave(self.stride, dim=2)
+        if cache is None:
+            cache = y.new_zeros(y.shape[0], y.shape[1], 2 * self.stride)
+        y = torch.cat([cache, y], dim=2)
+        return self.conv(y).transpose(1, 2), y[..., -2 * self.stride:]
 
 
 class TokenEncoder(nn.Module):
@@ -164,3 +221,29 @@ class TokenEncoder(nn.Module):
         for layer in self.up_encoders:
             x = layer(x, pos)
         return self.after_norm(x)
+
+    def forward_chunk(self, x: torch.Tensor, cache: EncoderCache | None, *, last: bool
+                      ) -> tuple[torch.Tensor, EncoderCache]:
+        """Stream the next rows: x (B, T+n, input_size), its last n rows (the lookahead) only looked at
+        and sent again with the next chunk; on the `last` chunk x is (B, T, input_size) and the
+        lookahead is zeros, as offline. Returns (B, up_stride*T, C) and the cache for the next chunk."""
+        d, n_first = self.cfg.output_size, len(self.encoders)
+        x = self.embed(x)
+        if last:
+            x = F.pad(x, (0, 0, 0, self.pre_lookahead_layer.lookahead))
+        att = cache.att if cache is not None else [None] * (n_first + len(self.up_encoders))
+        rows = cache.rows if cache is not None else 0
+        x, lookahead = self.pre_lookahead_layer.forward_chunk(x, cache.lookahead if cache is not None else None)
+        new_att = []
+        pos = rel_position_table(rows + x.shape[1], d, device=x.device, dtype=x.dtype)
+        for layer, kv in zip(self.encoders, att[:n_first]):
+            x, kv = layer.forward_chunk(x, pos, kv)
+            new_att.append(kv)
+        x, upsample = self.up_layer.forward_chunk(x, cache.upsample if cache is not None else None)
+        x = self.up_embed(x)
+        pos = rel_position_table(self.cfg.up_stride * rows + x.shape[1], d, device=x.device, dtype=x.dtype)
+        for layer, kv in zip(self.up_encoders, att[n_first:]):
+            x, kv = layer.forward_chunk(x, pos, kv)
+            new_att.append(kv)
+        new_rows = rows + x.shape[1] // self.cfg.up_stride
+        return self.after_norm(x), EncoderCache(new_att, lookahead, upsample, new_rows)

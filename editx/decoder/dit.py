@@ -3,6 +3,9 @@
 Offline semantics of stepvocoder/cosyvoice2/flow/decoder_dit.py (`DiT.forward`): inputs are
 [x, mu, speaker, prompt condition] stacked on channels, every frame attends to every frame, the
 timestep drives per-block shift/scale/gate modulations (attention, conv, MLP order).
+`forward_chunk` is upstream's streaming path: a chunk of frames attends to itself and to the cached
+keys/values of earlier frames (newest first, as upstream concatenates them); the causal convolutions
+carry their last two input frames.
 """
 
 from __future__ import annotations
@@ -70,6 +73,19 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
+    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C); cache (B, H, S, 2D) earlier keys|values → out, new cache (B, H, T+S, 2D)."""
+        b, t, _ = x.shape
+        shape = (b, t, self.num_heads, self.head_dim)
+        q = self.q_norm(self.to_q(x).view(shape).transpose(1, 2))  # (B, H, T, D)
+        kv = torch.cat([self.k_norm(self.to_k(x).view(shape).transpose(1, 2)),
+                        self.to_v(x).view(shape).transpose(1, 2)], dim=-1)  # (B, H, T, 2D)
+        if cache is not None:
+            kv = torch.cat([kv, cache], dim=2)
+        k, v = kv.split(self.head_dim, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, t, -1)), kv
+
 
 class CausalConv(nn.Module):
     """Two causal k=3 convs with LayerNorm + Mish between; (B, T, C) in and out."""
@@ -85,6 +101,17 @@ class CausalConv(nn.Module):
         y = self.conv1(F.pad(x.transpose(1, 2), (self.pad, 0))).transpose(1, 2)
         y = F.mish(self.norm(y))
         return self.conv2(F.pad(y.transpose(1, 2), (self.pad, 0))).transpose(1, 2)
+
+    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C); cache (B, 2C, pad) the last inputs of conv1 and conv2 → y, new cache."""
+        c = x.shape[-1]
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], 2 * c, self.pad)
+        y = torch.cat([cache[:, :c], x.transpose(1, 2)], dim=2)
+        new1 = y[..., -self.pad:]
+        y = F.mish(self.norm(self.conv1(y).transpose(1, 2))).transpose(1, 2)
+        y = torch.cat([cache[:, c:], y], dim=2)
+        return self.conv2(y).transpose(1, 2), torch.cat([new1, y[..., -self.pad:]], dim=1)
 
 
 class MLP(nn.Module):
@@ -117,6 +144,17 @@ class DiTBlock(nn.Module):
         x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), attn_mask))
         x = torch.addcmul(x, gate_conv, self.conv(modulate(self.norm3(x), shift_conv, scale_conv)))
         return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+
+    def forward_chunk(self, x: torch.Tensor, c: torch.Tensor, conv_cache: torch.Tensor | None,
+                      att_cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
+         shift_conv, scale_conv, gate_conv) = self.modulation(F.silu(c)).chunk(N_MODULATIONS, dim=-1)
+        y, att_cache = self.attn.forward_chunk(modulate(self.norm1(x), shift_msa, scale_msa), att_cache)
+        x = torch.addcmul(x, gate_msa, y)
+        y, conv_cache = self.conv.forward_chunk(modulate(self.norm3(x), shift_conv, scale_conv), conv_cache)
+        x = torch.addcmul(x, gate_conv, y)
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x, conv_cache, att_cache
 
 
 class FinalLayer(nn.Module):
@@ -151,3 +189,19 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, c, attn_mask)
         return self.final_layer(h, c).transpose(1, 2)
+
+    def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, spk: torch.Tensor,
+                      cond: torch.Tensor, conv_cache: list[torch.Tensor] | None,
+                      att_cache: list[torch.Tensor] | None) -> tuple[torch.Tensor, list, list]:
+        """Velocity of the next frames (B, 80, T) given per-block caches; returns it and the new caches."""
+        c = self.t_embedder(t).unsqueeze(1)
+        h = torch.cat([x, mu, spk.unsqueeze(2).expand(-1, -1, x.shape[2]), cond], dim=1)
+        h = self.in_proj(h.transpose(1, 2))  # (B, T, C)
+        conv_cache = conv_cache or [None] * len(self.blocks)
+        att_cache = att_cache or [None] * len(self.blocks)
+        new_conv, new_att = [], []
+        for block, cc, ac in zip(self.blocks, conv_cache, att_cache):
+            h, cc, ac = block.forward_chunk(h, c, cc, ac)
+            new_conv.append(cc)
+            new_att.append(ac)
+        return self.final_layer(h, c).transpose(1, 2), new_conv, new_att

@@ -1,0 +1,264 @@
+"""Streaming decode: mixed speech ids arrive a few at a time, 24 kHz audio leaves chunk by chunk.
+
+Upstream's chunked path (stepvocoder/cosyvoice2: `CosyVoice_stream_impl_.token2wav_stream`,
+`CausalMaskedDiffWithXvec.setup_cache` / `inference_chunk`, `CausalConditionalCFM.forward_chunk`):
+
+- Once the first lookahead rows (3 flow rows = 5 mixed ids) exist, `flow_setup` runs the prompt rows
+  (with that lookahead) through the encoder and the prompt mel through every Euler step of the DiT,
+  keeping their attention keys/values and convolution context. The prompt mel output is discarded.
+- Each chunk of `rows` flow rows (growing: 15, 24, then 48 rows = 0.6, 0.96, 1.92 s) is sent with the
+  next 3 rows as lookahead (sent again with the next chunk); the last chunk takes every remaining row
+  and zero lookahead, as offline. The chunk attends to the cache, never to later frames, so streamed
+  audio is close to, not equal to, the offline output (measured in tests/test_streaming.py).
+- The DiT attention cache keeps the prompt frames and the newest DIT_LEFT_CONTEXT generated frames
+  (upstream's trim). Upstream reads each chunk's start noise from the fixed buffer at the cache
+  length, so once the cache is trimmed every later chunk starts from the same noise
+  (`noise="upstream"`). By default (`noise="offline"`) a chunk reads the noise at its own frame
+  position, the noise the offline path gives those frames: identical until the first trim, and
+  streamed audio stays close to the offline output over any length (tests/test_streaming.py).
+- HiFT continues across chunks with `vocode_chunk` (8-frame mel/excitation carry, Hamming cross-fade,
+  held-back tail).
+
+Cost: the DiT cache holds keys/values for (prompt + 96 + chunk) frames for every Euler step and block
+(n_steps · depth · 2 CFG rows · heads · 2 · head_dim values per frame: ~1.3 MB per frame in float32
+for the released flow), the encoder cache grows with every row of the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from editx.decoder.conformer import EncoderCache
+from editx.decoder.flow import CosyVoiceFlow, cosine_t_span
+from editx.decoder.tokens import GROUP, ROWS_PER_GROUP, mixed_to_flow_tokens
+from editx.errors import ValidationError
+
+NOISE_MODES = ("offline", "upstream")
+STREAM_CHUNK_ROWS = (15, 24, 48)  # upstream chunk_size_list: flow rows per chunk; the last one repeats
+DIT_LEFT_CONTEXT = 2 * 48  # generated mel frames the DiT attention cache keeps besides the prompt
+MIN_CHUNK_ROWS = 6  # 12 mel frames: more than the vocoder's 8-frame carry
+
+
+def mixed_for_rows(rows: int) -> int:
+    """Mixed ids that make `rows` flow rows (whole groups only; upstream `_mixed_len`)."""
+    return rows // ROWS_PER_GROUP * GROUP
+
+
+def check_chunk_rows(chunk_rows: Iterable[int]) -> tuple[int, ...]:
+    """Validate a chunk schedule: non-empty, each a multiple of 3 rows and at least MIN_CHUNK_ROWS."""
+    rows = tuple(int(r) for r in chunk_rows)
+    if not rows or any(r < MIN_CHUNK_ROWS or r % ROWS_PER_GROUP for r in rows):
+        raise ValidationError(f"stream chunk sizes must be multiples of {ROWS_PER_GROUP} flow rows, each at least "
+                              f"{MIN_CHUNK_ROWS} (one row = 40 ms), e.g. {STREAM_CHUNK_ROWS}; got {rows}")
+    return rows
+
+
+@dataclass
+class FlowCache:
+    """Everything one flow chunk hands to the next."""
+
+    encoder: EncoderCache
+    conv: list[list[torch.Tensor]]  # [Euler step][block] (2, 2C, 2) causal-conv context ([cond; uncond])
+    att: list[list[torch.Tensor]]  # [Euler step][block] (2, H, S, 2D) keys|values, newest frames first
+    spk: torch.Tensor  # (1, 80) projected speaker embedding
+    prompt_frames: int
+
+    @property
+    def frames(self) -> int:
+        """Mel frames the DiT cache holds (also the start-noise offset of the next chunk)."""
+        return int(self.att[0][0].shape[2])
+
+
+def solve_euler_chunk(flow: CosyVoiceFlow, noise: torch.Tensor, mu: torch.Tensor, spk: torch.Tensor,
+                      cond: torch.Tensor, conv: list | None, att: list | None, *, n_steps: int
+                      ) -> tuple[torch.Tensor, list, list]:
+    """`solve_euler` on one chunk: each Euler step has its own DiT cache. noise, mu, cond (1, 80, T)."""
+    t_span = cosine_t_span(n_steps, device=mu.device, dtype=mu.dtype)
+    w = flow.cfg.cfg_rate
+    mu_in = torch.cat([mu, torch.zeros_like(mu)], dim=0)
+    spk_in = torch.cat([spk, torch.zeros_like(spk)], dim=0)
+    cond_in = torch.cat([cond, torch.zeros_like(cond)], dim=0)
+    conv = conv or [None] * n_steps
+    att = att or [None] * n_steps
+    new_conv, new_att = [], []
+    x, t, dt = noise, t_span[:1], t_span[1] - t_span[0]
+    for step in range(1, n_steps + 1):
+        v, c, a = flow.estimator.forward_chunk(torch.cat([x, x], dim=0), t, mu_in, spk_in, cond_in,
+                                               conv[step - 1], att[step - 1])
+        v_cond, v_uncond = v.chunk(2, dim=0)
+        x = x + dt * ((1.0 + w) * v_cond - w * v_uncond)
+        t = t + dt
+        if step < n_steps:
+            dt = t_span[step + 1] - t
+        new_conv.append(c)
+        new_att.append(a)
+    return x, new_conv, new_att
+
+
+def _noise(flow: CosyVoiceFlow, offset: int, frames: int) -> torch.Tensor:
+    buf = flow.rand_noise
+    if buf is None:
+        raise ValidationError("the flow has no noise buffer; load it with load_flow()")
+    if offset + frames > buf.shape[-1]:
+        raise ValidationError(f"a {frames}-frame chunk after {offset} cached frames exceeds the noise buffer")
+    return buf[:, :, offset:offset + frames]
+
+
+@torch.inference_mode()
+def flow_setup(flow: CosyVoiceFlow, prompt_tokens: torch.Tensor, lookahead_tokens: torch.Tensor,
+               prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *, n_steps: int = 10) -> FlowCache:
+    """Prime the caches with the prompt (upstream `setup_cache`).
+
+    prompt_tokens (Tp, 2) and lookahead_tokens (lookahead, 2) flow rows; prompt_mel (Tm, 80) at any
+    length (nearest-resized to 2*Tp frames as offline); spk_emb (192,).
+    """
+    w = flow.encoder_proj.weight
+    tokens = torch.cat([prompt_tokens, lookahead_tokens]).to(w.device, torch.long).unsqueeze(0)  # (1, T, 2)
+    h, enc = flow.encoder.forward_chunk(flow.input_embedding(tokens.clamp(min=0)), None, last=False)
+    mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, 2*Tp)
+    frames = mu.shape[2]
+    mel = prompt_mel.to(w.device, w.dtype).t().unsqueeze(0)
+    cond = F.interpolate(mel, size=frames, mode="nearest")
+    spk = flow.speaker(spk_emb.reshape(1, -1).to(w.device, w.dtype))
+    _, conv, att = solve_euler_chunk(flow, _noise(flow, 0, frames).to(w.dtype), mu, spk, cond, None, None,
+                                     n_steps=n_steps)
+    return FlowCache(enc, conv, att, spk, frames)
+
+
+@torch.inference_mode()
+def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, last: bool, n_steps: int = 10,
+               left_context: int = DIT_LEFT_CONTEXT, noise_offset: int | None = None) -> tuple[torch.Tensor, FlowCache]:
+    """Mel (80, 2*T) for the next T rows (upstream `inference_chunk` + the cache trim).
+
+    tokens (T + lookahead, 2) flow rows, or (T, 2) on the `last` chunk. The start noise is read at
+    `noise_offset` into the fixed buffer; None means upstream's choice, the DiT cache length.
+    """
+    w = flow.encoder_proj.weight
+    tokens = tokens.to(w.device, torch.long).unsqueeze(0)
+    h, enc = flow.encoder.forward_chunk(flow.input_embedding(tokens.clamp(min=0)), cache.encoder, last=last)
+    mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, 2T)
+    offset = cache.frames if noise_offset is None else noise_offset
+    noise = _noise(flow, offset, mu.shape[2]).to(w.dtype)
+    x, conv, att = solve_euler_chunk(flow, noise, mu, cache.spk, torch.zeros_like(mu), cache.conv, cache.att,
+                                     n_steps=n_steps)
+    p = cache.prompt_frames
+    if att[0][0].shape[2] > p + left_context:  # keep the newest frames (first) and the prompt (last)
+        att = [[torch.cat([a[:, :, :left_context], a[:, :, -p:]], dim=2) for a in per_step] for per_step in att]
+    return x[0], FlowCache(enc, conv, att, cache.spk, p)
+
+
+def _no_stage(_name, **_attrs):  # the default `stage`: times nothing
+    class _Null:
+        def __enter__(self):
+            return {}
+
+        def __exit__(self, *exc):
+            return False
+
+    return _Null()
+
+
+class DecoderStream:
+    """One request's streaming decode: `push` mixed ids as the LM emits them, `finish` at the end.
+
+    Each returns the 24 kHz float32 audio that became final; concatenated, the pieces are the whole
+    clip (as long as the offline `synthesize` output). `stage(name, **attrs)` (a Timeline.stage) times
+    the setup, each flow chunk and each vocoder chunk. `noise`: see the module docstring.
+    """
+
+    def __init__(self, decoder, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *,
+                 n_steps: int = 10, chunk_rows: Iterable[int] = STREAM_CHUNK_ROWS,
+                 generator: torch.Generator | None = None, noise: str = "offline",
+                 stage: Callable = _no_stage) -> None:
+        from editx.decoder.vocoder import VocoderStream
+
+        if noise not in NOISE_MODES:
+            raise ValidationError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+        self.decoder, self.flow, self.noise = decoder, decoder.flow, noise
+        self.frames = 0  # generated mel frames so far
+        self.n_steps, self.generator, self.stage = n_steps, generator, stage
+        self.schedule = list(check_chunk_rows(chunk_rows))
+        lookahead = self.flow.cfg.encoder.pre_lookahead_len
+        if lookahead % ROWS_PER_GROUP:
+            raise ValidationError(f"streaming needs a lookahead of whole token groups ({ROWS_PER_GROUP} rows), "
+                                  f"the flow has {lookahead}")
+        self.lookahead_ids = mixed_for_rows(lookahead)
+        self.prompt_tokens = decoder.flow_tokens(prompt_mixed)
+        # as token2mel: the prompt mel and the embedding are rounded through bfloat16 first
+        self.prompt_mel = torch.as_tensor(prompt_mel, dtype=torch.float32).bfloat16().float()
+        self.spk = torch.as_tensor(spk_emb, dtype=torch.float32).reshape(-1).bfloat16().float()
+        self.pending: list[int] = []  # mixed ids not yet decoded (a chunk's lookahead stays here)
+        self.cache: FlowCache | None = None
+        dev = self.flow.encoder_proj.weight.device
+        self.vocoder = VocoderStream.start(1, self.flow.cfg.output_size, dev)
+        self.chunks = 0
+        self.finished = False
+
+    def push(self, mixed: Iterable[int]) -> list[np.ndarray]:
+        """Add mixed ids (0..5119); returns the audio of every chunk that is now complete."""
+        if self.finished:
+            raise ValidationError("this stream is finished")
+        self.pending.extend(int(i) for i in mixed)
+        out = []
+        if self.cache is None and len(self.pending) >= self.lookahead_ids:
+            self._setup()
+        while self.cache is not None:
+            take = mixed_for_rows(self.schedule[0])
+            if len(self.pending) < take + self.lookahead_ids:
+                break
+            ids, self.pending = self.pending[:take + self.lookahead_ids], self.pending[take:]
+            out.append(self._chunk(ids, last=False))
+            if len(self.schedule) > 1:
+                self.schedule.pop(0)
+        return out
+
+    def finish(self, mixed: Iterable[int] = ()) -> np.ndarray:
+        """Add the final ids and decode everything left as the last chunk; returns its audio."""
+        if self.finished:
+            raise ValidationError("this stream is finished")
+        self.pending.extend(int(i) for i in mixed)
+        if self.cache is None:
+            if not self.pending:
+                raise ValidationError("no speech tokens to decode (the LM produced none)")
+            self._setup()
+        self.finished = True
+        return self._chunk(self.pending, last=True)
+
+    def _setup(self) -> None:
+        look = self.decoder.flow_tokens(np.asarray(self.pending[:self.lookahead_ids]))
+        look = look[:self.flow.cfg.encoder.pre_lookahead_len]
+        with self.stage("flow_setup", prompt_rows=int(self.prompt_tokens.shape[0])):
+            self.cache = flow_setup(self.flow, self.prompt_tokens, look, self.prompt_mel, self.spk,
+                                    n_steps=self.n_steps)
+
+    def _chunk(self, ids: list[int], *, last: bool) -> np.ndarray:
+        from editx.decoder.vocoder import vocode_chunk
+
+        tokens = self.decoder.flow_tokens(np.asarray(ids, dtype=np.int64))
+        rows = tokens.shape[0] - (0 if last else self.flow.cfg.encoder.pre_lookahead_len)
+        with self.stage("flow", chunk=self.chunks, rows=int(rows), steps=self.n_steps):
+            offset = self.cache.prompt_frames + self.frames if self.noise == "offline" else None
+            mel, self.cache = flow_chunk(self.flow, tokens, self.cache, last=last, n_steps=self.n_steps,
+                                         noise_offset=offset)
+        self.frames += int(mel.shape[-1])
+        hift = self.decoder.hift
+        weight = next(hift.parameters())
+        with self.stage("vocoder", chunk=self.chunks, frames=int(mel.shape[-1])):
+            length = (self.vocoder.mel.shape[-1] + mel.shape[-1]) * hift.cfg.samples_per_frame
+            wav, self.vocoder = vocode_chunk(hift, mel.unsqueeze(0).to(weight.device, weight.dtype), self.vocoder,
+                                             last=last, generator=self.generator)
+            if self.generator is not None:
+                # upstream's source module also draws an unused noise branch of the excitation's length
+                # from the same RNG; drawing it too keeps every later chunk's noise equal to upstream's
+                torch.randn(length, generator=self.generator, device=self.generator.device)
+        self.chunks += 1
+        return wav[0].float().cpu().numpy()
+
+
+__all__ = ["DIT_LEFT_CONTEXT", "NOISE_MODES", "STREAM_CHUNK_ROWS", "DecoderStream", "FlowCache", "check_chunk_rows",
+           "flow_chunk", "flow_setup", "mixed_for_rows", "solve_euler_chunk"]
