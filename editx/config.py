@@ -24,6 +24,10 @@ BACKENDS = ("auto", "editx", "lite")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = (None, "int8", "bnb8", "bnb4", "awq")
 LM_LOOPS = ("session", "naive")  # naive: the way upstream's HF generate runs (benchmark baseline only)
+# Streaming: upstream's growing flow chunks (CosyVoice_stream_impl_ chunk_size_list), in 25 Hz flow rows
+# (40 ms each; 3 rows = one group of 5 LM tokens). The first audio needs first + 3 lookahead rows.
+STREAM_CHUNK_ROWS = (15, 24, 48)
+STREAM_NOISE = ("offline", "upstream")  # start noise per chunk: offline frame positions, or upstream's offset
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,11 @@ class EngineConfig:
     queue_size: int = 64
     max_batch: int = 8
     warmup: bool = True
+    stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
+    stream_noise: str = "offline"
+    segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
+    segment_pause_s: float = 0.25  # silence between synthesised text segments
+    edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -91,6 +100,16 @@ class EngineConfig:
             raise ValidationError(f"flow_steps must be >= 1, got {self.flow_steps}")
         if self.max_batch < 1 or self.queue_size < 1:
             raise ValidationError("max_batch and queue_size must be >= 1")
+        rows = tuple(self.stream_chunk_rows)
+        if not rows or any(not isinstance(r, int) or r < 6 or r % 3 for r in rows):
+            raise ValidationError(f"stream_chunk_rows must be multiples of 3 flow rows, each >= 6, got {rows}")
+        object.__setattr__(self, "stream_chunk_rows", rows)
+        if self.stream_noise not in STREAM_NOISE:
+            raise ValidationError(f"stream_noise must be one of {', '.join(STREAM_NOISE)}, got {self.stream_noise!r}")
+        if self.segment_max_chars is not None and self.segment_max_chars < 20:
+            raise ValidationError(f"segment_max_chars must be >= 20, got {self.segment_max_chars}")
+        if self.segment_pause_s < 0 or self.edit_window_s < 2:
+            raise ValidationError("segment_pause_s must be >= 0 and edit_window_s >= 2 (seconds)")
         if self.model_dir is not None and not isinstance(self.model_dir, Path):
             object.__setattr__(self, "model_dir", Path(self.model_dir))
         if self.cache_dir is not None and not isinstance(self.cache_dir, Path):

@@ -156,3 +156,94 @@ def test_first_audio_needs_first_chunk_plus_lookahead(decoder, gold):
     ids = _long_target(np.random.default_rng(5), 12).tolist()
     first = next(i for i in range(len(ids)) if st.push([ids[i]]))
     assert first + 1 == mixed_for_rows(6) + mixed_for_rows(3)  # 6 rows + 3 lookahead rows = 15 ids
+
+
+# --- the Engine: chunks while the LM generates, cancellation, iterated requests ------------------
+
+STREAM_TEXT = "this is a test of streaming"  # with seed 0 the tiny LM speaks ~80 tokens before EOS
+ENGINE_LOGMEL_SNR_DB = 18.0  # streamed vs offline Engine output (same LM tokens); measured 23.7 dB
+
+
+def _stream_request(seed: int = 0, **kw):
+    from conftest import speechlike
+
+    from editx.config import SamplingConfig
+    from editx.pipeline.types import CloneRequest
+
+    return CloneRequest(speechlike(), "hello world", STREAM_TEXT, seed=seed,
+                        sampling=SamplingConfig(max_new_tokens=200), **kw)
+
+
+def _submit_streaming(eng, req):
+    chunks = []
+    result = eng.submit(req, emit=chunks.append).result(timeout=300)
+    return result, chunks
+
+
+def _logmel_snr(a: np.ndarray, b: np.ndarray) -> float:
+    return snr_db(cosyvoice_mel(torch.from_numpy(a)), cosyvoice_mel(torch.from_numpy(b)))
+
+
+@pytest.mark.slow
+def test_engine_streams_chunks_while_the_lm_generates(make_engine):
+    eng = make_engine(cache=False, stream_chunk_rows=(6, 12, 24))
+    req = _stream_request()
+    offline = eng.run(req)
+    streamed, chunks = _submit_streaming(eng, req)
+    assert offline.lm_tokens >= 60 and streamed.lm_tokens == offline.lm_tokens  # same tokens: own vocoder RNG
+    assert len(chunks) >= 4 and [c.index for c in chunks] == list(range(len(chunks)))
+    assert [c.final for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    audio = np.concatenate([c.samples for c in chunks])
+    np.testing.assert_array_equal(audio, streamed.audio)
+    assert audio.size == offline.audio.size
+    snr = _logmel_snr(audio, offline.audio)
+    print(f"streamed vs offline (engine, tiny): log-mel SNR {snr:.1f} dB, {len(chunks)} chunks")
+    assert snr > ENGINE_LOGMEL_SNR_DB
+    tl = streamed.timeline
+    lm = next(s for s in tl["stages"] if s["name"] == "lm_decode")
+    assert tl["ttfa_s"] is not None and tl["ttfa_s"] < lm["start_s"] + lm["duration_s"]  # audio before the LM ended
+    names = [s["name"] for s in tl["stages"]]
+    assert names.count("flow_setup") == 1 and names.count("flow") >= 4 and names.count("vocoder") >= 4
+    assert offline.timeline["ttfa_s"] is None
+    assert [s["name"] for s in offline.timeline["stages"]].count("flow") == 1
+
+
+@pytest.mark.slow
+def test_iterated_request_streams_only_its_last_round(make_engine):
+    from conftest import speechlike
+
+    from editx.config import SamplingConfig
+    from editx.pipeline.types import EditRequest
+
+    eng = make_engine(cache=False)
+    req = EditRequest(speechlike(seed=3), "hello world", "style", "whisper", iterations=2, seed=7,
+                      sampling=SamplingConfig(max_new_tokens=60))
+    result, chunks = _submit_streaming(eng, req)
+    prefills = [s for s in result.timeline["stages"] if s["name"] == "lm_prefill"]
+    assert len(prefills) == 2 and chunks
+    assert result.timeline["ttfa_s"] >= prefills[1]["start_s"]
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), result.audio)
+
+
+@pytest.mark.slow
+def test_cancelling_mid_stream_frees_the_engine(make_engine):
+    from editx.errors import CancelledError
+
+    eng = make_engine(cache=False, stream_chunk_rows=(6, 12, 24))
+    got = []
+
+    def consumer_leaves(chunk):
+        got.append(chunk)
+        fut.job.cancelled.set()  # the consumer goes away after its first chunk
+
+    fut = eng.submit(_stream_request(), emit=consumer_leaves)
+    with pytest.raises(CancelledError):
+        fut.result(timeout=300)
+    assert len(got) == 1 and not got[0].final  # the work stopped at the next token
+    # closing Engine.stream's iterator cancels the same way
+    it = eng.stream(_stream_request())
+    assert not next(it).final
+    it.close()
+    after = eng.run(_stream_request(seed=1))  # served at once, alone in its LM batch
+    assert after.audio.size > 0
+    assert all(s.get("batch") == 1 for s in after.timeline["stages"] if s["name"] in ("lm_prefill", "lm_decode"))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from editx.decoder.conformer import EncoderCache
 from editx.decoder.flow import CosyVoiceFlow, cosine_t_span
-from editx.decoder.tokens import GROUP, ROWS_PER_GROUP, mixed_to_flow_tokens
+from editx.decoder.tokens import GROUP, ROWS_PER_GROUP
 from editx.errors import ValidationError
 
 NOISE_MODES = ("offline", "upstream")

@@ -2,6 +2,8 @@
 
 The voice blend is lite's prompt encoding, so it goes through the same prompt cache as the real
 backend's tokens. Speed and vad edits run for real; other edits are rejected before queueing.
+Long texts are split by the lite backend itself (its phoneme pieces); a streaming clone hands each
+piece over as soon as it is rendered, giving the same audio as the whole-clip call.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from editx.config import EngineConfig
 from editx.errors import BackendUnsupportedError
-from editx.pipeline.types import AudioChunk, PromptAudio, Request
+from editx.pipeline.types import PromptAudio, Request
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,9 @@ class LiteEngineBackend:
 
     def _run(self, job) -> None:
         step, tl = job.step, job.timeline
-        if step.op == "clone":
+        if step.op == "clone" and job.streaming:
+            audio = self._stream_clone(job)
+        elif step.op == "clone":
             with tl.stage("synthesize", chars=len(step.text), speed=step.speed):
                 audio = self.lite.synthesize(step.text, job.prompt, speed=step.speed)
         else:
@@ -95,9 +99,33 @@ class LiteEngineBackend:
         job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
         job.rounds.append({"step": step.op, "edit_type": step.edit_type, "edit_info": step.edit_info,
                            "lm_tokens": 0, "audio_s": job.output.size / self.sample_rate})
-        if job.emit is not None and job.iteration == len(job.steps) - 1:
-            tl.mark("first_audio")
-            job.emit(AudioChunk(job.output, self.sample_rate, index=0, final=True))
+
+    def _stream_clone(self, job) -> np.ndarray:
+        """LiteBackend.synthesize piece by piece (its pieces, edge trims and pauses: the same audio),
+        feeding each piece to the job as soon as it is rendered."""
+        from editx.lite import backend as lite_backend
+        from editx.lite import kokoro
+
+        step, tl, lite = job.step, job.timeline, self.lite
+        pieces = [] if lite_backend._CJK.search(step.text) else lite.g2p.pieces(step.text)
+        lo, hi = kokoro.SPEED_RANGE
+        if len(pieces) <= 1 or not lo <= step.speed <= hi:  # one piece, or an error the whole call reports
+            with tl.stage("synthesize", chars=len(step.text), speed=step.speed):
+                audio = lite.synthesize(step.text, job.prompt, speed=step.speed)
+            job.feed(audio)
+            return audio
+        gap = np.zeros(int(lite_backend.PIECE_PAUSE_S * self.sample_rate), np.float32)
+        out = []
+        for k, piece in enumerate(pieces):
+            job.check_cancelled()
+            with tl.stage("synthesize", chars=len(piece), speed=step.speed, piece=k):
+                audio = lite_backend._trim_edges(lite.session.run(lite.g2p.vocab.encode(piece), job.prompt.table,
+                                                                  step.speed))
+            if k:
+                audio = np.concatenate([gap, audio])
+            job.feed(audio)
+            out.append(audio)
+        return np.concatenate(out)
 
     def warmup(self) -> None:
         self.lite.warmup()

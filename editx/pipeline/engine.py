@@ -4,6 +4,12 @@ Every public call becomes a job on a bounded queue. A single worker thread owns 
 concurrent callers are never interleaved on shared state; it drains up to `max_batch` waiting jobs
 and runs them as one round (the editx backend decodes their LM tokens as one batch). Iterated edits
 take one round per iteration, feeding each output back as the next input, as upstream does.
+
+Long-form: a clone step whose text is longer than one segment runs one round per sentence segment,
+all with the same prompt encoding (and LM voice prefix); an edit of a clip longer than the model's
+window runs one round per part cut at silences. The parts are joined as they finish (pauses between
+text segments, cross-fades between clip parts). Streaming requests emit the last step's audio as the
+backend produces it (chunks while the LM is still generating, with the editx backend).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 from editx.config import EngineConfig
 from editx.errors import CancelledError, EditxError, QueueFullError
+from editx.pipeline.splice import StreamJoiner
 from editx.pipeline.types import (
     AudioChunk,
     CloneRequest,
@@ -70,21 +77,68 @@ class Job:
     emit: Callable[[AudioChunk], None] | None = None  # set for streaming requests
     cancelled: threading.Event = field(default_factory=threading.Event)
     iteration: int = 0
-    current: PromptAudio | None = None  # the input of the current round
+    current: PromptAudio | None = None  # the input of the current round (the whole clip, or a part of it)
+    source: PromptAudio | None = None  # the input of the current step
     prompt: Any = None  # the backend's prompt encoding for `current`
     cache_key: str | None = None  # prompt-cache key of the first round's input
     output: np.ndarray | None = None  # the output of the latest finished round
     lm_tokens: int = 0
     rounds: list[dict[str, Any]] = field(default_factory=list)
     enqueued_at: float = field(default_factory=time.perf_counter)
+    # long-form: the current step cut into parts (text segments or clip parts), one round each
+    parts: list[tuple[Step, PromptAudio | None]] | None = None
+    part: int = 0
+    sample_rate: int = 0
+    fed: bool = False  # the backend already fed this round's audio (streamed it)
+    chunks: int = 0  # AudioChunks emitted so far
+    _joiner: StreamJoiner | None = None
+    _joined: list[np.ndarray] = field(default_factory=list)
 
     @property
     def step(self) -> Step:
+        if self.parts:
+            return self.parts[self.part][0]
         return self.steps[self.iteration]
+
+    @property
+    def streaming(self) -> bool:
+        """True while this job's audio goes to a stream consumer (the last step of a streaming request)."""
+        return self.emit is not None and self.iteration == len(self.steps) - 1
 
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
             raise CancelledError("request cancelled by its caller")
+
+    def begin_step(self, parts: list[tuple[Step, PromptAudio | None]], sample_rate: int, pause_s: float) -> None:
+        self.parts, self.part, self.sample_rate = parts, 0, sample_rate
+        self._joiner, self._joined = StreamJoiner(sample_rate, pause_s=pause_s), []
+
+    def feed(self, samples: np.ndarray) -> None:
+        """The next final samples of this round's output (backends call this to stream)."""
+        self.fed = True
+        self._out(self._joiner.feed(np.asarray(samples, dtype=np.float32).reshape(-1)))
+
+    def end_part(self) -> None:
+        if not self.fed:
+            self.feed(self.output)
+        self._out(self._joiner.end_part())
+        self.fed = False
+
+    def end_step(self) -> np.ndarray:
+        """Close the step; returns its whole (joined) output."""
+        self._out(self._joiner.finish(), final=True)
+        out = np.concatenate(self._joined) if self._joined else np.zeros(0, np.float32)
+        self._joined, self._joiner = [], None
+        return out
+
+    def _out(self, samples: np.ndarray, final: bool = False) -> None:
+        if samples.size:
+            self._joined.append(samples)
+        if self.streaming and (samples.size or final):
+            if self.chunks == 0:
+                self.timeline.mark("first_audio")
+            self.emit(AudioChunk(samples, self.sample_rate, index=self.chunks, final=final))
+            self.chunks += 1
 
 
 class Engine:
@@ -152,7 +206,7 @@ class Engine:
         steps = plan_steps(request, native_speed=self.backend.native_speed)
         job = Job(request=request, steps=steps, timeline=Timeline(op=request.op), future=Future(), generator=gen,
                   emit=emit)
-        job.current = request.prompt_audio if isinstance(request, CloneRequest) else request.audio
+        job.current = job.source = request.prompt_audio if isinstance(request, CloneRequest) else request.audio
         job.future.job = job  # type: ignore[attr-defined]  # lets callers cancel
         if self._closed:
             raise EditxError("engine is closed")
@@ -268,6 +322,8 @@ class Engine:
                 _fail(job, CancelledError("request cancelled by its caller"))
                 continue
             try:
+                if job.parts is None:
+                    self._plan_parts(job)
                 self._prepare(job)
                 ready.append(job)
             except BaseException as exc:  # noqa: BLE001 - one bad request never stops the worker
@@ -285,14 +341,43 @@ class Engine:
         for job in ready:
             if job.future.done():  # the backend failed or cancelled this one alone
                 continue
+            try:
+                job.end_part()
+                if job.part + 1 < len(job.parts):  # the next text segment or clip part of this step
+                    job.part += 1
+                    self._enter_part(job)
+                    remaining.append(job)
+                    continue
+                job.output = job.end_step()
+            except BaseException as exc:  # noqa: BLE001
+                _fail(job, exc)
+                continue
             job.iteration += 1
+            job.parts = None
             if job.iteration < len(job.steps):
-                job.current = PromptAudio(job.output, self.backend.sample_rate)
+                job.current = job.source = PromptAudio(job.output, self.backend.sample_rate)
                 job.prompt = None
                 remaining.append(job)
             else:
                 self._finish(job)
         return remaining
+
+    def _plan_parts(self, job: Job) -> None:
+        from editx.pipeline.longform import plan_parts
+
+        parts, pause = plan_parts(job.steps[job.iteration], job.source, self.config, self.backend)
+        job.begin_step(parts, self.backend.sample_rate, pause)
+        self._enter_part(job)
+
+    @staticmethod
+    def _enter_part(job: Job) -> None:
+        """Point the job at its current part: a clip part is a new input (new prompt); a text
+        segment keeps the step's input and its prompt encoding."""
+        audio = job.parts[job.part][1]
+        if audio is not None:
+            job.current, job.prompt = audio, None
+        elif job.current is not job.source:
+            job.current, job.prompt = job.source, None
 
     def _prepare(self, job: Job) -> None:
         """Prompt encoding for this round, through the cache (first round only: later rounds'
@@ -302,7 +387,7 @@ class Engine:
         if not self.backend.needs_prompt(job.step):
             return
         tl = job.timeline
-        if job.iteration > 0 or self.cache is None:
+        if job.iteration > 0 or self.cache is None or job.current is not job.source:
             with tl.stage("prompt_encode", cache="off" if self.cache is None else "bypass"):
                 job.prompt = self.backend.encode_prompt(job.current, tl)
             return

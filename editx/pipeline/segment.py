@@ -26,7 +26,7 @@ from editx.pipeline.splice import (
     split_audio_at_silences,
 )
 
-__all__ = ["split_text", "normalize_text", "split_transcript_for_spans", "split_audio_at_silences",
+__all__ = ["split_text", "text_budget", "normalize_text", "split_transcript_for_spans", "split_audio_at_silences",
            "frame_levels_db", "join_segments", "iter_join", "crossfade_concat", "max_discontinuity"]
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,21 @@ def split_text(text: str, *, max_chars: int = 300, min_chars: int = 40, lang: st
     paragraphs = [p - len(prefix) for p in paragraphs if p > len(prefix)]
     units = _units(body, budget, lang in (None, "en"), paragraphs)
     return [prefix + body[s:e].strip(" ") for s, e in _pack(body, units, budget, min_chars)]
+
+
+ENGLISH_SEGMENT_CHARS = 250  # about 15 s of speech: well inside what the LM speaks reliably
+CJK_SEGMENT_CHARS = 100  # a CJK character is a syllable: about the same duration
+CJK_HEAVY = 0.3  # texts with at least this share of CJK characters among letters use the CJK budget
+
+
+def text_budget(text: str, max_chars: int | None = None) -> tuple[int, str | None]:
+    """(max_chars, lang) for `split_text` of a synthesis text: CJK-heavy texts get shorter segments
+    and CJK sentence rules; `max_chars` overrides the size."""
+    letters = sum(ch.isalpha() for ch in text)
+    cjk = len(_CJK_CHAR.findall(text))
+    if letters and cjk / letters >= CJK_HEAVY:
+        return max_chars or CJK_SEGMENT_CHARS, "zh"
+    return max_chars or ENGLISH_SEGMENT_CHARS, None
 
 
 def split_transcript_for_spans(text: str, spans: Sequence[tuple[int, int]], sample_rate: int) -> list[str]:

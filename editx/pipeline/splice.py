@@ -189,3 +189,75 @@ def join_segments(parts: list[np.ndarray], sample_rate: int, *, pause_s: float =
     """
     return np.concatenate([np.zeros(0, np.float32), *iter_join(parts, sample_rate, pause_s=pause_s,
                                                                   crossfade_s=crossfade_s)])
+
+
+
+class StreamJoiner:
+    """`iter_join` for parts that themselves arrive in pieces (streamed synthesis).
+
+    `feed(x)` takes the next samples of the current part, `end_part()` closes it, `finish()` ends the
+    whole output; each returns the joined audio that is final now. Only the last `crossfade_s` of the
+    current part is held back. The concatenated result equals `join_segments(parts, ...)` whenever
+    every part has at least 2 * crossfade_s of audio (shorter parts fade over what they have).
+    """
+
+    def __init__(self, sample_rate: int, *, pause_s: float = 0.25, crossfade_s: float = 0.01) -> None:
+        if sample_rate <= 0 or pause_s < 0 or crossfade_s < 0:
+            raise ValidationError(f"need sample_rate > 0, pause_s >= 0, crossfade_s >= 0 "
+                                  f"(got {sample_rate}, {pause_s}, {crossfade_s})")
+        self.sample_rate = sample_rate
+        self.fade, self.gap = round(crossfade_s * sample_rate), round(pause_s * sample_rate)
+        self._tail: np.ndarray | None = None  # the held-back end of the previous part
+        self._buf = _EMPTY  # samples of the current part not yet emitted
+        self._done = 0  # samples of the current part already emitted
+        self._fade_in = False  # the current part follows a pause: its first `fade` samples fade in
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        x = _check_clip(x, self.sample_rate).astype(np.float32, copy=False)
+        self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x
+        return self._drain(keep=self.fade)
+
+    def end_part(self) -> np.ndarray:
+        total = self._done + len(self._buf)
+        if total == 0:
+            return _EMPTY  # an empty part is skipped, as iter_join does
+        out = self._drain(keep=min(self.fade, total // 2), closing=True)
+        self._tail, self._buf, self._done, self._fade_in = self._buf, _EMPTY, 0, False
+        return out
+
+    def finish(self) -> np.ndarray:
+        out = self.end_part()
+        tail, self._tail = self._tail, None
+        return out if tail is None else np.concatenate([out, tail])
+
+    def _drain(self, keep: int, closing: bool = False) -> np.ndarray:
+        if self._done == 0 and len(self._buf) == 0:
+            return _EMPTY
+        out = []
+        if self._tail is not None:  # the first samples of a part that follows another
+            tail = self._tail
+            if self.gap:  # the previous end fades out, a pause, this part fades in
+                out.append(np.concatenate([tail * _ramp(len(tail))[::-1], np.zeros(self.gap, np.float32)]))
+                self._tail, self._fade_in = None, True
+            else:  # the previous end cross-fades into this part's first samples
+                n = len(self._buf) - keep
+                overlap = min(len(tail), self.fade)
+                if n < overlap and not closing:
+                    return _EMPTY  # wait for enough of this part
+                n = max(n, 0)
+                joined = crossfade_concat(tail, self._buf[:n], min(overlap, n))
+                self._tail, self._buf, self._done = None, self._buf[n:], self._done + n
+                return joined
+        n = len(self._buf) - keep
+        if n > 0:
+            body, self._buf = self._buf[:n], self._buf[n:]
+            if self._fade_in and self._done < self.fade:
+                stop = min(self.fade, self._done + n)
+                body = body.copy()
+                body[:stop - self._done] *= _ramp(self.fade)[self._done:stop]
+            self._done += n
+            out.append(body)
+        return np.concatenate(out) if out else _EMPTY
+
+
+_EMPTY = np.zeros(0, np.float32)

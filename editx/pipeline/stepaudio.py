@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from editx.config import EngineConfig, resolve_device, resolve_dtype
-from editx.errors import CancelledError, EditxError
+from editx.errors import EditxError
 from editx.pipeline.prompt import FEATURE_VERSION, PromptEncoding, encode_prompt
-from editx.pipeline.types import OUTPUT_SAMPLE_RATE, AudioChunk, PromptAudio
+from editx.pipeline.types import OUTPUT_SAMPLE_RATE, PromptAudio
 
 log = logging.getLogger(__name__)
 
 WARMUP_TOKENS = 15  # 3 flow rows: enough for every kernel shape class
+STREAM_SEED_SALT = 0x5EED_0F_A0D10  # a streamed round's vocoder generator: request seed ^ this
 
 
 class StepAudioBackend:
@@ -27,6 +28,7 @@ class StepAudioBackend:
     feature_version = FEATURE_VERSION
     sample_rate = OUTPUT_SAMPLE_RATE
     native_speed = False
+    segments_text = True  # the Engine splits long texts into sentence segments for this LM
 
     def __init__(self, config: EngineConfig, paths, tokenizer, lm, text_tokenizer, decoder, device) -> None:
         self.config, self.paths = config, paths
@@ -63,6 +65,11 @@ class StepAudioBackend:
         decoder = load_decoder(paths.cosyvoice_dir, device=device, dtype=dtype, onnx_threads=config.onnx_threads,
                                providers=config.onnx_providers)
         return cls(config, paths, tokenizer, lm, text_tok, decoder, device)
+
+    @property
+    def edit_window_s(self) -> float:
+        """Clips longer than this are edited in parts cut at silences (upstream keeps inputs under 30 s)."""
+        return self.config.edit_window_s
 
     # ---- Engine protocol ------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -158,6 +165,8 @@ class StepAudioBackend:
         owner: dict[int, int] = {}
         results: list[list[int] | None] = [None] * len(jobs)
         hit_prefix = [False] * len(jobs)
+        streams = {i: self._open_stream(job) for i, job in enumerate(jobs) if job.streaming}
+        streamed: dict[int, list[np.ndarray]] = {i: [] for i in streams}
         for i, (job, prompt, pre) in enumerate(zip(jobs, prompts, prefixes)):
             sampling = job.request.sampling or self.config.sampling
             snap = pre[1] if pre is not None else None
@@ -177,13 +186,21 @@ class StepAudioBackend:
                     continue
                 job = jobs[i]
                 cap = (job.request.sampling or self.config.sampling).max_new_tokens
-                if job.cancelled.is_set():
+                done = ev.finished or (cap is not None and len(session.result(ev.slot)) >= cap)
+                try:
+                    job.check_cancelled()  # a stream consumer that went away stops the work here
+                    if i in streams:
+                        streamed[i] += self._stream_token(job, streams[i], ev.token, done)
+                except Exception as exc:  # noqa: BLE001 - fail (or cancel) this job only
                     session.release(ev.slot)
                     del owner[ev.slot]
-                    job.future.set_exception(CancelledError("request cancelled by its caller"))
+                    streams.pop(i, None)
+                    job.future.set_exception(exc)
                     continue
-                if ev.finished or (cap is not None and len(session.result(ev.slot)) >= cap):
+                if done:
                     results[i] = session.result(ev.slot)
+                    if i in streamed:
+                        job.output = np.concatenate(streamed[i])
                     session.release(ev.slot)
                     del owner[ev.slot]
         total = time.perf_counter() - t0
@@ -196,6 +213,27 @@ class StepAudioBackend:
             if prefixes[i] is not None:
                 job.timeline.set_cache("lm_prefix", "memory" if hit_prefix[i] else "miss")
         return results
+
+    def _open_stream(self, job):
+        """A streaming decoder for this job's round. Its vocoder noise comes from its own generator
+        (seeded from the request's), so the LM draws, and hence the tokens, equal the offline run's."""
+        enc = job.prompt
+        gen = torch.Generator().manual_seed(job.generator.initial_seed() ^ STREAM_SEED_SALT)
+        return self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
+                                        chunk_rows=self.config.stream_chunk_rows, generator=gen,
+                                        noise=self.config.stream_noise, stage=job.timeline.stage)
+
+    @staticmethod
+    def _stream_token(job, stream, token: int | None, done: bool) -> list[np.ndarray]:
+        """Feed one LM token to the job's stream; hands every finished piece of audio to the job."""
+        from editx.tokenizer.speech import AUDIO_TOKEN_OFFSET, MIXED_VOCAB
+
+        ids = [token - AUDIO_TOKEN_OFFSET] if token is not None else []
+        ids = [m for m in ids if 0 <= m < MIXED_VOCAB]  # non-audio ids are dropped, as offline
+        pieces = [stream.finish(ids)] if done else stream.push(ids)
+        for piece in pieces:
+            job.feed(piece)
+        return pieces
 
     def _generate_naive(self, jobs, prompts: list[list[int]]) -> list[list[int] | None]:
         """The benchmark baseline: one request at a time, HF-generate style (no static cache)."""
@@ -223,21 +261,23 @@ class StepAudioBackend:
             self.cache.attach(job.cache_key, self._prefix_name(pre[0]), snap, snap.nbytes)
 
     def _decode(self, job, ids: list[int]) -> None:
+        """Flow + vocoder for a finished round (a streamed round already has its audio)."""
         from editx.tokenizer.speech import lm_ids_to_mixed
 
         tl, enc = job.timeline, job.prompt
-        mixed = lm_ids_to_mixed(ids, drop_invalid=True)
         job.lm_tokens += len(ids)
-        with tl.stage("flow", tokens=int(mixed.size), steps=self.config.flow_steps):
-            mel = self.decoder.token2mel(enc.mixed, enc.mel, enc.spk, mixed, n_steps=self.config.flow_steps)
-        with tl.stage("vocoder", frames=int(mel.shape[-1])):
-            audio = self.decoder.mel2wav(mel, generator=job.generator)
-        job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
-        job.rounds.append({"step": job.step.op, "edit_type": job.step.edit_type, "edit_info": job.step.edit_info,
-                           "lm_tokens": len(ids), "audio_s": job.output.size / self.sample_rate})
-        if job.emit is not None and job.iteration == len(job.steps) - 1:
-            tl.mark("first_audio")
-            job.emit(AudioChunk(job.output, self.sample_rate, index=0, final=True))
+        if not job.fed:
+            mixed = lm_ids_to_mixed(ids, drop_invalid=True)
+            with tl.stage("flow", tokens=int(mixed.size), steps=self.config.flow_steps):
+                mel = self.decoder.token2mel(enc.mixed, enc.mel, enc.spk, mixed, n_steps=self.config.flow_steps)
+            with tl.stage("vocoder", frames=int(mel.shape[-1])):
+                audio = self.decoder.mel2wav(mel, generator=job.generator)
+            job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
+        record = {"step": job.step.op, "edit_type": job.step.edit_type, "edit_info": job.step.edit_info,
+                  "lm_tokens": len(ids), "audio_s": job.output.size / self.sample_rate}
+        if len(job.parts or ()) > 1:
+            record["part"] = job.part
+        job.rounds.append(record)
 
     def warmup(self) -> None:
         """A short synthetic clip through every stage (tokenizer, LM prefill + decode, flow, vocoder)."""
