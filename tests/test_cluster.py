@@ -1,7 +1,7 @@
 """Ray Serve cluster on the tiny fixture: 2 replicas, a shared Redis, spread, equality, sharing, faults, 429.
 
-One local Ray instance (num_cpus=2) and one deployment serve the whole module; the tests run in file
-order and the last one reconfigures the queues in place. Skipped when ray or redis-server is missing.
+One local Ray instance (num_cpus=2) and one deployment serve the whole module (the tests run in file
+order and share its registered voice). Skipped when ray or redis-server is missing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from conftest import speechlike
 
 from editx.config import EngineConfig, SamplingConfig
 from editx.errors import ValidationError
-from editx.server.cluster import REPLICA_HEADER, ClusterOptions, build_app, deploy
+from editx.server.cluster import REPLICA_HEADER, ClusterOptions, deploy
 from editx.server.settings import ServerSettings
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,11 @@ def test_options_from_flags_and_their_validation():
         ["serve", "--min-replicas", "1", "--max-replicas", "4", "--target-ongoing-requests", "3"]))
     a = auto.engine_deployment_options()["autoscaling_config"]
     assert a == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "target_ongoing_requests": 3.0}
+    assert ClusterOptions.from_mapping({"replicas": "3", "replica_gpus": "0.5"}) == ClusterOptions(3, replica_gpus=0.5)
+    with pytest.raises(ValidationError, match="unknown cluster option 'replica'"):
+        ClusterOptions.from_mapping({"replica": 2})
+    with pytest.raises(ValidationError, match="not a valid int"):
+        ClusterOptions.from_mapping({"replicas": "two"})
     for bad in ({"replicas": 0}, {"min_replicas": 2}, {"min_replicas": 3, "max_replicas": 2},
                 {"max_queued_requests": 0}, {"replica_gpus": -1}):
         with pytest.raises(ValidationError):
@@ -95,7 +100,8 @@ def cluster(tiny_model_dir, redis_url, tmp_path_factory):
                           threads=2, redis_url=redis_url, cache_dir=tmp_path_factory.mktemp("cc"),
                           cache_disk_bytes=0)  # no shared folder: only Redis links the replicas, as across hosts
     settings = ServerSettings(data_dir=tmp_path_factory.mktemp("cluster-data"))
-    options = ClusterOptions(replicas=2, max_ongoing_requests=8, max_queued_requests=64, ray_num_cpus=2)
+    # room for 2 × 8 running + 8 waiting: the 16-request tests fit, the 40-request burst overflows
+    options = ClusterOptions(replicas=2, max_ongoing_requests=8, max_queued_requests=8, ray_num_cpus=2)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -206,16 +212,11 @@ def test_replica_killed_under_load_loses_nothing(cluster, reference):
 
 
 def test_full_queues_answer_429_with_retry_after(cluster):
-    from ray import serve
-
     c, vid = cluster["client"], cluster["voice"]
-    tight = ClusterOptions(replicas=2, max_ongoing_requests=1, max_queued_requests=1)
-    # same code and arguments, new queue bounds: Serve rolls the replicas over to them
-    serve.run(build_app(cluster["config"], cluster["settings"], tight), name=APP, route_prefix="/")
-    with cf.ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(lambda i: c.post("/v1/audio/speech", json=speech_body(vid, i)), range(10)))
+    with cf.ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(lambda i: c.post("/v1/audio/speech", json=speech_body(vid, i)), range(40)))
     codes = [r.status_code for r in results]
-    assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+    assert set(codes) <= {200, 429} and codes.count(200) >= 8 and 429 in codes, codes
     for r in results:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1 and "queue" in r.json()["error"]["message"]

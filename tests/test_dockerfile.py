@@ -121,7 +121,7 @@ def test_kuberay_rayservice_manifest():
     from editx.server.cluster import ClusterOptions
 
     assert callable(getattr(importlib.import_module(module), attr))
-    options = ClusterOptions(**app["args"])  # every arg is a real option, with valid values
+    options = ClusterOptions.from_mapping(app["args"])  # every arg is a real option, with valid values
     assert options.autoscaling and options.replica_gpus == 1
     names = {d["name"] for d in app.get("deployments", [])}
     assert names <= {"EngineReplica", "Ingress"}

@@ -83,6 +83,25 @@ class ClusterOptions:
         given = {n: getattr(args, n, None) for n in names}
         return cls(**{k: v for k, v in given.items() if v is not None})
 
+    @classmethod
+    def from_mapping(cls, args: dict | None) -> ClusterOptions:
+        """From a Serve config's `args` (typed YAML) or `serve run ... key=value` (strings)."""
+        from dataclasses import fields
+
+        from editx.errors import ValidationError
+
+        known = {f.name: f.type for f in fields(cls)}
+        out = {}
+        for key, value in (args or {}).items():
+            if key not in known:
+                raise ValidationError(f"unknown cluster option {key!r}; known: {', '.join(sorted(known))}")
+            kind = known[key].split(" | ")[0]
+            try:
+                out[key] = value if value is None or kind == "str" else {"int": int, "float": float}[kind](value)
+            except (TypeError, ValueError):
+                raise ValidationError(f"cluster option {key}={value!r} is not a valid {kind}") from None
+        return cls(**out)
+
     def engine_deployment_options(self) -> dict:
         """Keyword arguments of `serve.deployment` for the engine replicas."""
         opts: dict = {
@@ -301,7 +320,7 @@ def app_from_args(args: dict):
     from editx.config import EngineConfig
     from editx.server.settings import ServerSettings
 
-    return build_app(EngineConfig.from_env(), ServerSettings.from_env(), ClusterOptions(**(args or {})))
+    return build_app(EngineConfig.from_env(), ServerSettings.from_env(), ClusterOptions.from_mapping(args))
 
 
 def start_ray(options: ClusterOptions) -> str:
