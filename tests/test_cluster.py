@@ -90,6 +90,79 @@ def test_options_from_flags_and_their_validation():
             ClusterOptions(**bad)
 
 
+class FakeHandle:
+    """Stands in for the engine deployment's handle: each call plays the next scripted outcome."""
+
+    def __init__(self, *outcomes) -> None:
+        self.outcomes, self.calls = list(outcomes), 0
+
+    def options(self, **_kw):
+        return self
+
+    @property
+    def handle(self):
+        return self
+
+    def remote(self, _req):
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+
+        async def gen():
+            if isinstance(outcome, BaseException):
+                raise outcome
+            yield {"status": 200, "headers": [("content-type", "audio/pcm"), (REPLICA_HEADER, "r1")]}
+            yield outcome
+
+        return gen()
+
+
+def call_ingress(handle, method: str, path: str, body: bytes = b"{}", max_bytes: int = 1000):
+    import asyncio
+
+    from starlette.requests import Request
+
+    from editx.server.cluster import Ingress
+
+    async def run():
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": method, "path": path, "query_string": b"", "client": ("127.0.0.1", 1),
+                 "headers": [(b"content-length", str(len(body)).encode())]}
+        resp = await Ingress(handle, max_bytes, ClusterOptions())(Request(scope, receive))
+        chunks = [c async for c in resp.body_iterator] if hasattr(resp, "body_iterator") else [resp.body]
+        return resp.status_code, resp.headers, b"".join(chunks)
+
+    return asyncio.run(run())
+
+
+def test_ingress_maps_backpressure_and_dead_replicas():
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import BackPressureError
+
+    status, headers, _ = call_ingress(FakeHandle(BackPressureError(8, 8)), "POST", "/v1/audio/speech")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    # a speech request whose replica died is retried once, elsewhere
+    h = FakeHandle(ActorDiedError(), b"pcm")
+    status, headers, body = call_ingress(h, "POST", "/v1/audio/speech")
+    assert (status, body, headers["x-editx-retried"], headers[REPLICA_HEADER], h.calls) == (200, b"pcm", "1", "r1", 2)
+    status, headers, body = call_ingress(FakeHandle(ActorDiedError(), ActorDiedError()), "POST", "/v1/audio/speech")
+    assert status == 503 and int(headers["retry-after"]) >= 1 and b"retry" in body
+    # registering a voice is not repeated behind the client's back: 503, one attempt
+    h = FakeHandle(ActorDiedError(), b"never")
+    assert call_ingress(h, "POST", "/v1/voices")[0] == 503 and h.calls == 1
+    # oversized bodies stop at the ingress, before any replica sees them
+    h = FakeHandle()
+    assert call_ingress(h, "POST", "/v1/audio/edits", body=b"x" * 2000)[0] == 413 and h.calls == 0
+
+
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir, redis_url, tmp_path_factory):
     pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'editx[cluster]')")
@@ -156,6 +229,10 @@ def test_sixteen_concurrent_requests_spread_and_equal_to_single_process(cluster,
     assert len({r.headers[REPLICA_HEADER] for r in results}) == 2, "both replicas should have answered"
     for i, r in enumerate(results):
         assert r.content == reference[i % len(SEEDS)], f"request {i} differs from the single-process server"
+    with c.stream("POST", "/v1/audio/speech", json={**speech_body(vid, 0), "stream_format": "audio",
+                                                    "response_format": "wav"}) as r:
+        streamed = b"".join(r.iter_bytes())
+    assert r.status_code == 200 and streamed[:4] == b"RIFF" and len(streamed) > 44 and r.headers[REPLICA_HEADER]
     cluster["voice"] = vid
 
 
