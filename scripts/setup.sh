@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${EDITX_VENV:-.venv}"
-EXTRAS="${EDITX_EXTRAS:-dev,server,redis,metrics,lite,quality,bench}"
+EXTRAS="${EDITX_EXTRAS:-dev,server,redis,metrics,lite,quality,bench,cluster}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
