@@ -102,6 +102,16 @@ def _fix_wav_sizes(path: Path) -> None:
         fh.write((size - 44).to_bytes(4, "little"))
 
 
+def _run_request(args: argparse.Namespace, req) -> int:
+    """Load, run one request (streamed to the file as it is produced with --stream), write it."""
+    with _load_engine(args) as engine:
+        if args.stream:
+            _stream_to_file(engine, req, args.output)
+        else:
+            _write_result(engine.run(req), args.output, args.timeline_json)
+    return 0
+
+
 # ---- commands ------------------------------------------------------------------------------------
 def _cmd_clone(args: argparse.Namespace) -> int:
     from editx.pipeline.types import CloneRequest
@@ -117,12 +127,7 @@ def _cmd_clone(args: argparse.Namespace) -> int:
     audio = _read_audio(Path(prompt_audio))
     req = CloneRequest(audio, prompt_text, args.text, seed=args.seed, edit_type=args.edit_type,
                        edit_info=args.edit_info, iterations=args.iterations, speed=args.speed)
-    with _load_engine(args) as engine:
-        if args.stream:
-            _stream_to_file(engine, req, args.output)
-        else:
-            _write_result(engine.run(req), args.output, args.timeline_json)
-    return 0
+    return _run_request(args, req)
 
 
 def _cmd_edit(args: argparse.Namespace) -> int:
@@ -132,27 +137,27 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         raise EditxError(f"audio {args.audio} does not exist")
     req = EditRequest(_read_audio(args.audio), args.audio_text, args.type, args.info, text=args.text,
                       iterations=args.iterations, seed=args.seed)
-    with _load_engine(args) as engine:
-        if args.stream:
-            _stream_to_file(engine, req, args.output)
-        else:
-            _write_result(engine.run(req), args.output, args.timeline_json)
-    return 0
+    return _run_request(args, req)
 
 
 def _cmd_edits(args: argparse.Namespace) -> int:
-    from editx.lm.prompts import EDIT_OPTIONS
+    from editx.lm.prompts import EDIT_OPTIONS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS
 
     for edit_type, values in EDIT_OPTIONS.items():
-        print(f"{edit_type}: {', '.join(values) if values else '(no value)'}")
+        if edit_type == "paralinguistic":
+            print(f"{edit_type}: (no value; put tags in --text) {' '.join(PARALINGUISTIC_TAGS)}")
+        else:
+            print(f"{edit_type}: {', '.join(values) if values else '(no value)'}")
+    print(f"language tags (prefix the text to speak): {' '.join(LANGUAGE_TAGS)}")
     return 0
 
 
 def _cmd_voices(args: argparse.Namespace) -> int:
-    from editx.server.settings import default_data_dir
-    from editx.server.voices import SQLiteVoiceStore
+    from editx.server.settings import ServerSettings
+    from editx.server.voices_redis import make_voice_store
 
-    store = SQLiteVoiceStore(args.data_dir or default_data_dir())
+    # the same registry the server uses: Redis when EDITX_VOICES_URL/EDITX_REDIS_URL is set, else SQLite
+    store = make_voice_store(ServerSettings.from_env(data_dir=args.data_dir))
     if args.voices_command == "add":
         v = store.add(args.name, args.prompt_text, _read_audio(args.audio))
         print(v.id)
