@@ -20,6 +20,7 @@ from editx.pipeline.types import OUTPUT_SAMPLE_RATE, PromptAudio
 log = logging.getLogger(__name__)
 
 WARMUP_TOKENS = 15  # 3 flow rows: enough for every kernel shape class
+WARMUP_GROUP = (0, 0, 1024, 1024, 1024)  # one group of mixed ids (2 vq02 + 3 vq06)
 STREAM_SEED_SALT = 0x5EED_0F_A0D10  # a streamed round's vocoder generator: request seed ^ this
 
 
@@ -300,3 +301,9 @@ class StepAudioBackend:
         self.run_round([job])
         if job.future.done():
             job.future.result()  # surface a warm-up failure
+        # the streaming decode too: its setup and chunk shapes differ from the offline flow's
+        enc = job.prompt
+        stream = self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
+                                          chunk_rows=self.config.stream_chunk_rows)
+        stream.push(np.tile(WARMUP_GROUP, 6))
+        stream.finish()
