@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 
 from editx.config import EngineConfig
 from editx.errors import CancelledError, EditxError, QueueFullError
-from editx.pipeline.splice import StreamJoiner
+from editx.pipeline.job import Job
 from editx.pipeline.types import (
     AudioChunk,
     CloneRequest,
@@ -63,82 +62,6 @@ class Backend(Protocol):
     def encode_prompt(self, audio: PromptAudio, timeline: Timeline | None = None) -> Any: ...
     def run_round(self, jobs: list[Job]) -> None: ...
     def warmup(self) -> None: ...
-
-
-@dataclass
-class Job:
-    """One request in flight. Only the worker thread touches its mutable fields."""
-
-    request: Request
-    steps: tuple[Step, ...]
-    timeline: Timeline
-    future: Future
-    generator: torch.Generator
-    emit: Callable[[AudioChunk], None] | None = None  # set for streaming requests
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    iteration: int = 0
-    current: PromptAudio | None = None  # the input of the current round (the whole clip, or a part of it)
-    source: PromptAudio | None = None  # the input of the current step
-    prompt: Any = None  # the backend's prompt encoding for `current`
-    cache_key: str | None = None  # prompt-cache key of the first round's input
-    output: np.ndarray | None = None  # the output of the latest finished round
-    lm_tokens: int = 0
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    enqueued_at: float = field(default_factory=time.perf_counter)
-    # long-form: the current step cut into parts (text segments or clip parts), one round each
-    parts: list[tuple[Step, PromptAudio | None]] | None = None
-    part: int = 0
-    sample_rate: int = 0
-    fed: bool = False  # the backend already fed this round's audio (streamed it)
-    chunks: int = 0  # AudioChunks emitted so far
-    _joiner: StreamJoiner | None = None
-    _joined: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def step(self) -> Step:
-        if self.parts:
-            return self.parts[self.part][0]
-        return self.steps[self.iteration]
-
-    @property
-    def streaming(self) -> bool:
-        """True while this job's audio goes to a stream consumer (the last step of a streaming request)."""
-        return self.emit is not None and self.iteration == len(self.steps) - 1
-
-    def check_cancelled(self) -> None:
-        if self.cancelled.is_set():
-            raise CancelledError("request cancelled by its caller")
-
-    def begin_step(self, parts: list[tuple[Step, PromptAudio | None]], sample_rate: int, pause_s: float) -> None:
-        self.parts, self.part, self.sample_rate = parts, 0, sample_rate
-        self._joiner, self._joined = StreamJoiner(sample_rate, pause_s=pause_s), []
-
-    def feed(self, samples: np.ndarray) -> None:
-        """The next final samples of this round's output (backends call this to stream)."""
-        self.fed = True
-        self._out(self._joiner.feed(np.asarray(samples, dtype=np.float32).reshape(-1)))
-
-    def end_part(self) -> None:
-        if not self.fed:
-            self.feed(self.output)
-        self._out(self._joiner.end_part())
-        self.fed = False
-
-    def end_step(self) -> np.ndarray:
-        """Close the step; returns its whole (joined) output."""
-        self._out(self._joiner.finish(), final=True)
-        out = np.concatenate(self._joined) if self._joined else np.zeros(0, np.float32)
-        self._joined, self._joiner = [], None
-        return out
-
-    def _out(self, samples: np.ndarray, final: bool = False) -> None:
-        if samples.size:
-            self._joined.append(samples)
-        if self.streaming and (samples.size or final):
-            if self.chunks == 0:
-                self.timeline.mark("first_audio")
-            self.emit(AudioChunk(samples, self.sample_rate, index=self.chunks, final=final))
-            self.chunks += 1
 
 
 class Engine:
