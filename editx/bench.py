@@ -208,7 +208,8 @@ def machine_info(config) -> dict[str, Any]:
         editx_version = version("editx")
     except Exception:  # noqa: BLE001 - not installed as a distribution
         editx_version = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    threads = config.threads or torch.get_num_threads()  # the bench sets config.threads before each run
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": threads,
             "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "python": platform.python_version(), "platform": platform.platform(), "editx": editx_version}
 
@@ -348,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
                     report["series"].append(_series(arm, op, runs, report_mod) | {"in_ab": True})
         else:
             main_arm = pool.add("default", config)
-            for op in _ops(args, main_arm.engine):
+            for op in _ops(args, main_arm.engine) if args.runs > 0 else ():
                 runs = bench_runs.run_series(pool, main_arm, lambda i, op=op: reqs.make(op, i), args.runs,
                                              **_quality_kw(oracle, reqs, op))
                 report["series"].append(_series(main_arm, op, runs, report_mod))
