@@ -80,6 +80,7 @@ class Arm:
     engine: Any = None
     warmup_s: float | None = None
     cache_dir: Path | None = None
+    threads: int | None = None  # torch threads in force on the arm's worker thread
 
 
 class ArmPool:
@@ -110,15 +111,19 @@ class ArmPool:
         self.arms.append(arm)
         return arm
 
-    def _set_threads(self, config: EngineConfig) -> None:
-        torch.set_num_threads(config.threads or self.default_threads)
+    def _set_threads(self, config: EngineConfig) -> int:
+        n = config.threads or self.default_threads
+        torch.set_num_threads(n)
+        return n
 
     def activate(self, arm: Arm) -> None:
         """Put the arm's config, cache and threads in force on its (possibly shared) backend."""
         backend = arm.engine.backend
         backend.config = arm.config
         backend.cache = arm.engine.cache
-        self._set_threads(arm.config)
+        n = self._set_threads(arm.config)
+        # torch's intra-op thread count is per calling thread: set it where the models run too
+        arm.threads = arm.engine._call(lambda: (torch.set_num_threads(n), torch.get_num_threads())[1])
         if arm.warmup_s is None:
             if arm.config.warmup:
                 arm.warmup_s = arm.engine.warmup()["warmup_s"]
@@ -189,7 +194,7 @@ def measure(pool: ArmPool, arm: Arm, request, *, stream: bool = False, quality=N
     result = arm.engine.submit(request, emit=on_chunk if stream else None).result()
     wall = time.perf_counter() - t0
     rec = run_record(result, wall_s=wall, ttfa_s=first[0] if first else None, backend=backend)
-    rec.update(arm=arm.name, streamed=stream)
+    rec.update(arm=arm.name, streamed=stream, threads=arm.threads)
     if quality is not None:
         rec["quality"] = score_quality(quality, result, *reference)
     return rec

@@ -17,7 +17,7 @@ from editx.errors import ValidationError
 
 RUN_KEYS = {"index", "cold", "arm", "streamed", "wall_s", "total_s", "stages", "substages", "cache", "prompt_cache",
             "prompt_s", "lm_tokens", "lm_s", "lm_tok_s", "audio_s", "rtf", "ttfa_s", "ttfa_timeline_s", "rss_mb",
-            "peak_rss_mb", "gpu_peak_mb", "timeline"}
+            "peak_rss_mb", "gpu_peak_mb", "timeline", "threads"}
 TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "concurrency_4", "ttfa", "load_rss"]
 
 
@@ -81,7 +81,7 @@ def _bench(tmp: Path, model_dir: Path, *extra: str) -> dict:
     from editx.cli import main
 
     out = tmp / "out"
-    argv = ["bench", "--model-dir", str(model_dir), "--max-new-tokens", "12", "--threads", "2",
+    argv = ["bench", "--model-dir", str(model_dir), "--max-new-tokens", "12", "--threads", "1",
             "--out", str(out), *extra]
     assert main(argv) == 0
     report = json.loads((out / "bench.json").read_text())
@@ -100,6 +100,14 @@ def ab_report(tiny_model_dir, tmp_path_factory):
 def series_report(tiny_model_dir, tmp_path_factory):
     return _bench(tmp_path_factory.mktemp("series"), tiny_model_dir, "--runs", "3", "--stream-runs", "0",
                   "--ops", "clone,speed")
+
+
+def test_threads_ab_reaches_the_worker(tiny_model_dir, tmp_path):
+    r = _bench(tmp_path, tiny_model_dir, "--a", "threads=2,cache=off", "--b", "threads=1", "--pairs", "2",
+               "--stream-runs", "0")
+    (ab,) = r["ab"]
+    assert [x["threads"] for x in ab["runs_a"]] == [2, 2] and [x["threads"] for x in ab["runs_b"]] == [1, 1]
+    assert [x["prompt_cache"] for x in ab["runs_a"]] == ["off", "off"]
 
 
 def _check_run(run: dict) -> None:
@@ -196,9 +204,18 @@ def test_quality_oracles_run_on_random_weights(tiny_model_dir, tmp_path):
 
 
 # ---- the naive loop is the same sampler ------------------------------------------------------------------
+@pytest.fixture()
+def one_thread():
+    # tiny matrices: on a busy 2-core box two threads mostly wait for each other
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=40), SamplingConfig(temperature=0.0,
                          max_new_tokens=30), SamplingConfig(top_k=5, top_p=0.9, max_new_tokens=40)])
-def test_naive_loop_equals_session_loop(tiny_backend, sampling):
+def test_naive_loop_equals_session_loop(tiny_backend, sampling, one_thread):
     from editx.lm.generate import generate
     from editx.lm.naive import generate_naive
 
@@ -210,7 +227,7 @@ def test_naive_loop_equals_session_loop(tiny_backend, sampling):
         assert naive == ours
 
 
-def test_naive_loop_stops_like_upstream(tiny_backend):
+def test_naive_loop_stops_like_upstream(tiny_backend, one_thread):
     from editx.lm.generate import generate
     from editx.lm.naive import generate_naive
 
@@ -223,7 +240,7 @@ def test_naive_loop_stops_like_upstream(tiny_backend):
         generate_naive(lm, prompt, sampling=SamplingConfig(max_length=len(prompt)))
 
 
-def test_engine_naive_loop_gives_the_same_clone(make_engine):
+def test_engine_naive_loop_gives_the_same_clone(make_engine, one_thread):
     prompt = speechlike(2.0, seed=3)
     out = {}
     for loop in ("session", "naive"):
