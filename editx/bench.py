@@ -379,6 +379,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _series(arm, op: str, runs: list, report_mod) -> dict[str, Any]:
+    for r in runs:
+        r["op"] = op
     return {"arm": arm.name, "op": op, "overrides": arm.overrides, "warmup_s": arm.warmup_s, "runs": runs,
             "summary": report_mod.summarize(runs)}
 

@@ -11,7 +11,7 @@ JSON schema `editx.bench` version 1 (keys only ever added within a version):
   sweeps{name: [{value, requests, wall_s, audio_s, throughput, latency_p50_s, latency_p90_s, ...}]},
   lm{...editx.lm.throughput.compare()} | null, load{...} | null, targets[{name, goal, measured, threshold,
   status: pass|miss|n/a, note}].
-A run: {index, cold, arm, streamed, wall_s, total_s, stages{top-level name: s}, substages, cache, prompt_cache,
+A run: {index, cold, arm, op, streamed, threads, wall_s, total_s, stages{top-level name: s}, substages, cache, prompt_cache,
   prompt_s, lm_tokens, lm_s, lm_tok_s, audio_s, rtf, ttfa_s, ttfa_timeline_s, rss_mb, peak_rss_mb,
   gpu_peak_mb, quality?{wer, speaker_similarity, transcript, error}, timeline}.
 """
@@ -260,7 +260,8 @@ def write_png(report: dict, path: Path) -> Path | None:
         ax.bar(x, vals, bottom=bottom, label=name)
         bottom += vals
     ax.plot(x, [r["total_s"] for r in runs], "k_", markersize=14, label="total")
-    ax.set_xticks(x, [f"{r['arm']}#{r['index']}{'c' if r['cold'] else ''}" for r in runs], rotation=60, fontsize=7)
+    ax.set_xticks(x, [f"{r.get('op', '')}/{r['arm']}#{r['index']}{'c' if r['cold'] else ''}" for r in runs],
+                  rotation=60, fontsize=7)
     ax.set_ylabel("seconds")
     ax.set_title("stages per run (c = cold)")
     if names:
