@@ -58,6 +58,16 @@ def new_voice_id() -> str:
     return "voice_" + secrets.token_hex(8)
 
 
+def new_voice(name: str, prompt_text: str, audio: PromptAudio) -> Voice:
+    """Validated metadata for a clip about to be registered (every store uses this)."""
+    name = (name or "").strip()[:MAX_NAME_CHARS] or "voice"
+    prompt_text = (prompt_text or "").strip()
+    if not prompt_text:
+        raise ValidationError("prompt_text (the transcript of the reference clip) is required")
+    return Voice(id=new_voice_id(), name=name, prompt_text=prompt_text, sample_rate=audio.sample_rate,
+                 duration_s=round(audio.duration_s, 3), created_at=time.time())
+
+
 def _check_id(voice_id: str) -> str:
     # ids are ours: a fixed prefix and hex digits; anything else cannot name a file or a row
     if not (isinstance(voice_id, str) and voice_id.startswith("voice_") and len(voice_id) == 22
@@ -93,12 +103,7 @@ class SQLiteVoiceStore:
         return self.audio_dir / f"{_check_id(voice_id)}.wav"
 
     def add(self, name: str, prompt_text: str, audio: PromptAudio) -> Voice:
-        name = (name or "").strip()[:MAX_NAME_CHARS] or "voice"
-        prompt_text = (prompt_text or "").strip()
-        if not prompt_text:
-            raise ValidationError("prompt_text (the transcript of the reference clip) is required")
-        voice = Voice(id=new_voice_id(), name=name, prompt_text=prompt_text, sample_rate=audio.sample_rate,
-                      duration_s=round(audio.duration_s, 3), created_at=time.time())
+        voice = new_voice(name, prompt_text, audio)
         path = self._path(voice.id)
         tmp = path.with_suffix(".tmp")
         # float32 WAV keeps the decoded samples bit-exact (cache keys stay valid)

@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import os
-import time
 
 import numpy as np
 import soundfile as sf
@@ -23,13 +22,12 @@ import soundfile as sf
 from editx.errors import EditxError, ValidationError
 from editx.pipeline.types import PromptAudio
 from editx.server.voices import (
-    MAX_NAME_CHARS,
     SQLiteVoiceStore,
     UnknownVoiceError,
     Voice,
     VoiceStore,
     _check_id,
-    new_voice_id,
+    new_voice,
 )
 
 log = logging.getLogger(__name__)
@@ -109,12 +107,7 @@ class RedisVoiceStore:
                                                                     "fix": "set maxmemory-policy noeviction"})
 
     def add(self, name: str, prompt_text: str, audio: PromptAudio) -> Voice:
-        name = (name or "").strip()[:MAX_NAME_CHARS] or "voice"
-        prompt_text = (prompt_text or "").strip()
-        if not prompt_text:
-            raise ValidationError("prompt_text (the transcript of the reference clip) is required")
-        voice = Voice(id=new_voice_id(), name=name, prompt_text=prompt_text, sample_rate=audio.sample_rate,
-                      duration_s=round(audio.duration_s, 3), created_at=time.time())
+        voice = new_voice(name, prompt_text, audio)
         data = wav_bytes(audio)
         mapping = {**{k: str(v) for k, v in voice.to_dict().items()}, "audio": data, "audio_blake2b": _digest(data)}
 
