@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=80, help="LM cap (random fixture weights never stop)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)  # an entry point: configuring logging is allowed here
+    from editx.telemetry.log import configure_logging
+
+    configure_logging(level=logging.WARNING)  # an entry point: the one set-up every entry point uses
     config = EngineConfig.from_env(model_dir=args.model_dir, threads=max(1, int(args.replica_cpus)), cache_disk_bytes=0,
                                    sampling=SamplingConfig(max_new_tokens=args.max_new_tokens))
     rows = bench_replicas(config, counts=tuple(int(c) for c in args.counts.split(",")), requests=args.requests,
