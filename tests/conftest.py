@@ -119,3 +119,14 @@ def redis_url():
     client.close()
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: OpenMP hand-offs cost more than the math. Restores after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

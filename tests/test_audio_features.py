@@ -31,12 +31,7 @@ def close(ours, ref: torch.Tensor, tol: float) -> None:
     assert err <= tol, f"max abs error {err} > {tol}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- goldens -----------------------------------------------------------------------------------------

@@ -27,13 +27,7 @@ from editx.fixtures import decoder as decoder_fixture
 GOLD = Path(__file__).parent / "golden" / "flow" / "flow_tiny.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core box: OpenMP hand-offs cost more than the math
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ GOLD = Path(__file__).parent / "golden" / "vocoder"
 SPF = 480  # samples per mel frame at 24 kHz: 8*5*3 upsampling x hop 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

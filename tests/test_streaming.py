@@ -25,12 +25,7 @@ MEL_SNR_DB = 30.0
 AUDIO_LOGMEL_SNR_DB = 20.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
