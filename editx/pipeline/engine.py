@@ -160,12 +160,18 @@ class Engine:
         """Encode a prompt into the cache now (voice registration); returns the cache outcome."""
         if self.cache is None:
             return "off"
+        _, _, outcome = self._call(lambda: self._cached_encoding(audio))
+        return outcome
+
+    def _cached_encoding(self, audio: PromptAudio, timeline: Timeline | None = None):
+        """(key, cache entry, outcome) of `audio`'s prompt encoding: the cache, or the backend on a miss."""
         from editx.pipeline.backends import prompt_cache_key
 
         key = prompt_cache_key(self.backend, audio)
-        _, outcome = self._call(lambda: self.cache.get_or_compute(
-            key, lambda: self.backend.to_entry(self.backend.encode_prompt(audio))))
-        return outcome
+        entry, outcome = self.cache.get_or_compute(
+            key, lambda: self.backend.to_entry(self.backend.encode_prompt(audio, timeline)))
+        get_metrics().observe_cache_outcome(outcome, self.cache.tiers)
+        return key, entry, outcome
 
     def describe(self) -> dict[str, Any]:
         """What is loaded: backend, model dir, output rate (for /v1/models, the UI, logs)."""
@@ -314,15 +320,10 @@ class Engine:
             with tl.stage("prompt_encode", cache="off" if self.cache is None else "bypass"):
                 job.prompt = self.backend.encode_prompt(job.current, tl)
             return
-        from editx.pipeline.backends import prompt_cache_key
-
-        job.cache_key = key = prompt_cache_key(self.backend, job.current)
         with tl.stage("prompt_encode") as st:
-            entry, outcome = self.cache.get_or_compute(key, lambda: self.backend.to_entry(
-                self.backend.encode_prompt(job.current, tl)))
+            job.cache_key, entry, outcome = self._cached_encoding(job.current, tl)
             st["cache"] = outcome
         tl.set_cache("prompt", outcome)
-        get_metrics().observe_cache_outcome(outcome, self.cache.tiers)
         job.prompt = self.backend.from_entry(entry)
 
     def _finish(self, job: Job) -> None:
