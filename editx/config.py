@@ -72,7 +72,7 @@ class EngineConfig:
     lm_loop: str = "session"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cache_dir: Path | None = None  # None: platform user cache dir / editx
-    cache_memory_bytes: int = 512 * 2**20
+    cache_memory_bytes: int = 2 * 2**30  # encodings, LM prefix KV and streaming primes (~1.3 MB per prompt mel frame)
     cache_disk_bytes: int = 4 * 2**30
     cache_enabled: bool = True
     redis_url: str | None = None
@@ -82,6 +82,7 @@ class EngineConfig:
     warmup: bool = True
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
+    stream_prime: bool = True  # prompt side of the streaming flow made once per voice (False: per request)
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences

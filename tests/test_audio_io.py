@@ -84,7 +84,8 @@ def test_encode_then_load_roundtrip(fmt, min_snr):
         assert snr_db(x, a.samples[:n]) > min_snr
     else:
         # lossy: compare levels (codec delay makes sample-wise SNR meaningless for opus)
-        rms = lambda v: float(np.sqrt(np.mean(v[2000:n - 2000] ** 2)))
+        def rms(v):
+            return float(np.sqrt(np.mean(v[2000:n - 2000] ** 2)))
         assert abs(rms(a.samples) - rms(x)) < 0.05
 
 

@@ -244,7 +244,7 @@ def test_campplus_fixture_has_dynamic_length(cosy_dir):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(cosy_dir / "campplus.onnx"), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    (inp,), (_out,) = sess.get_inputs(), sess.get_outputs()
     assert inp.type == "tensor(float)" and len(inp.shape) == 3 and inp.shape[2] == 80
     assert not isinstance(inp.shape[1], int)  # symbolic T
     for frames in (7, 300):

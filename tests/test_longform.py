@@ -88,6 +88,7 @@ def test_two_minute_text_is_one_file_with_one_prompt_encoding(make_engine, strea
         np.testing.assert_array_equal(audio, result.audio)
         assert len(chunks) > len(segments) and chunks[-1].final
         assert result.timeline["ttfa_s"] < prefills[1]["start_s"]  # first audio during the first segment
+        assert names.count("flow_prime") == 1 and "flow_setup" not in names  # the prompt's flow side once
 
 
 def _long_clip(seconds: float = 62.0, sr: int = 16000) -> PromptAudio:

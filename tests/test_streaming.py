@@ -100,14 +100,16 @@ def _long_target(rng: np.random.Generator, groups: int) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+@pytest.mark.parametrize("primed", [False, True], ids=["setup", "primed"])
 @pytest.mark.parametrize("rows", [(15, 24, 48), (6, 12, 24)])
-def test_streamed_close_to_offline(decoder, gold, monkeypatch, rows):
+def test_streamed_close_to_offline(decoder, gold, monkeypatch, rows, primed):
     pm, mel, spk = gold["prompt_mixed"].numpy(), gold["prompt_mel"], gold["spk"]
     target = _long_target(np.random.default_rng(3), 70)  # 210 rows = 8.4 s: several trimmed chunks
     offline_mel = decoder.token2mel(pm, mel, spk, target)
     offline = decoder.mel2wav(offline_mel, generator=torch.Generator().manual_seed(1))
+    prime = decoder.prime_stream(pm, mel, spk) if primed else None
     pieces, mels = run_stream(decoder, pm, mel, spk, target, monkeypatch, one_by_one=False, chunk_rows=rows,
-                              generator=torch.Generator().manual_seed(1))
+                              generator=torch.Generator().manual_seed(1), prime=prime)
     audio = np.concatenate(pieces)
     assert audio.size == offline.size == offline_mel.shape[1] * SPF
     assert snr_db(torch.cat(mels, 1), offline_mel) > MEL_SNR_DB
@@ -144,6 +146,32 @@ def test_few_tokens_and_errors(decoder, gold):
     with pytest.raises(ValidationError, match="noise"):
         decoder.open_stream(pm, mel, spk, noise="fresh")
     assert mixed_for_rows(15) == 25 and mixed_for_rows(48) == 80
+
+
+def test_prime_is_reusable_and_checked(decoder, gold, monkeypatch):
+    pm, mel, spk = gold["prompt_mixed"].numpy(), gold["prompt_mel"], gold["spk"]
+    prime = decoder.prime_stream(pm, mel, spk)
+    lookahead = decoder.flow.cfg.encoder.pre_lookahead_len
+    rows = decoder.flow_tokens(pm).shape[0]
+    assert prime.cache.prompt_frames == 2 * (rows - lookahead) and prime.tail_cond.shape[-1] == 2 * lookahead
+    assert prime.nbytes > 0
+    target = _long_target(np.random.default_rng(6), 30)
+    runs = [run_stream(decoder, pm, mel, spk, target, monkeypatch, chunk_rows=(6, 12), prime=prime,
+                       generator=torch.Generator().manual_seed(4)) for _ in range(2)]
+    np.testing.assert_array_equal(np.concatenate(runs[0][0]), np.concatenate(runs[1][0]))  # the prime is not mutated
+    # the first chunk carries the prompt's tail rows: the same ids give first audio as without a prime
+    st = decoder.open_stream(pm, mel, spk, chunk_rows=(6, 12), prime=prime)
+    ids = target.tolist()
+    first = next(i for i in range(len(ids)) if st.push([ids[i]]))
+    assert first + 1 == mixed_for_rows(6) + mixed_for_rows(3)
+    with pytest.raises(ValidationError, match="Euler steps"):
+        decoder.open_stream(pm, mel, spk, n_steps=5, prime=prime)
+    with pytest.raises(ValidationError, match="no speech tokens"):
+        decoder.open_stream(pm, mel, spk, prime=prime).finish()
+    assert decoder.prime_stream(pm[:5], mel[:6], spk) is None  # 3 rows: nothing left before the lookahead
+    short = decoder.prime_stream(pm[:10], mel[:12], spk)  # 6 rows: the smallest prime
+    audio = decoder.open_stream(pm[:10], mel[:12], spk, prime=short).finish(target[:20].tolist())
+    assert audio.size == 12 * 2 * SPF
 
 
 def test_first_audio_needs_first_chunk_plus_lookahead(decoder, gold):
@@ -198,9 +226,27 @@ def test_engine_streams_chunks_while_the_lm_generates(make_engine):
     lm = next(s for s in tl["stages"] if s["name"] == "lm_decode")
     assert tl["ttfa_s"] is not None and tl["ttfa_s"] < lm["start_s"] + lm["duration_s"]  # audio before the LM ended
     names = [s["name"] for s in tl["stages"]]
-    assert names.count("flow_setup") == 1 and names.count("flow") >= 4 and names.count("vocoder") >= 4
+    assert names.count("flow_prime") == 1 and names.count("flow") >= 4 and names.count("vocoder") >= 4
+    assert "flow_setup" not in names  # the prime replaces upstream's per-request setup
     assert offline.timeline["ttfa_s"] is None
     assert [s["name"] for s in offline.timeline["stages"]].count("flow") == 1
+
+
+@pytest.mark.slow
+def test_voice_prime_is_cached_and_matches_the_per_request_setup(make_engine):
+    eng = make_engine(stream_chunk_rows=(6, 12, 24))
+    first, _ = _submit_streaming(eng, _stream_request())
+    second, chunks = _submit_streaming(eng, _stream_request())
+    assert first.timeline["cache"]["flow_prime"] == "miss"
+    assert second.timeline["cache"]["flow_prime"] == "memory"
+    assert [s["name"] for s in second.timeline["stages"]].count("flow_prime") == 0  # no prompt work at all
+    np.testing.assert_array_equal(second.audio, first.audio)  # a shared prime is never changed by a stream
+    # upstream's path: the setup per request, with the first rows as the prompt's lookahead
+    upstream, _ = _submit_streaming(make_engine(stream_chunk_rows=(6, 12, 24), stream_prime=False), _stream_request())
+    names = [s["name"] for s in upstream.timeline["stages"]]
+    assert names.count("flow_setup") == 1 and "flow_prime" not in names
+    assert upstream.lm_tokens == second.lm_tokens and upstream.audio.size == second.audio.size
+    assert _logmel_snr(second.audio, upstream.audio) > ENGINE_LOGMEL_SNR_DB
 
 
 @pytest.mark.slow

@@ -139,15 +139,31 @@ class CosyVoiceDecoder:
 
     def open_stream(self, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *,
                     n_steps: int = 10, chunk_rows=None, generator: torch.Generator | None = None,
-                    noise: str = "offline", stage=None):
-        """A DecoderStream: `push(mixed ids)` as they arrive, then `finish()`; both return audio pieces."""
+                    noise: str = "offline", stage=None, prime=None):
+        """A DecoderStream: `push(mixed ids)` as they arrive, then `finish()`; both return audio pieces.
+
+        `prime` (from `prime_stream` for the same prompt and n_steps) skips the per-request prompt
+        setup; without it the stream follows upstream's path exactly.
+        """
         from editx.decoder.streaming import STREAM_CHUNK_ROWS, DecoderStream, _no_stage
 
         if n_steps < 1:
             raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
         return DecoderStream(self, prompt_mixed, prompt_mel, spk_emb, n_steps=n_steps,
                              chunk_rows=chunk_rows or STREAM_CHUNK_ROWS, generator=generator, noise=noise,
-                             stage=stage or _no_stage)
+                             stage=stage or _no_stage, prime=prime)
+
+    def prime_stream(self, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *,
+                     n_steps: int = 10):
+        """The prompt side of every stream in this voice (a StreamPrime), or None for a prompt too
+        short to hold the flow's lookahead. Rounded through bfloat16 like every flow input."""
+        from editx.decoder.streaming import flow_prime
+
+        if n_steps < 1:
+            raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
+        mel = _as_tensor(prompt_mel, "prompt mel").bfloat16().float()
+        spk = _as_tensor(spk_emb, "speaker embedding").reshape(-1).bfloat16().float()
+        return flow_prime(self.flow, self.flow_tokens(prompt_mixed), mel, spk, n_steps=n_steps)
 
 
 def load_decoder(cosyvoice_dir: str | Path, *, device: str | torch.device = "cpu",

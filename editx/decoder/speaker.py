@@ -55,7 +55,7 @@ class SpeakerEncoder:
 
     @classmethod
     def load(cls, campplus_onnx: str | Path, *, threads: int = 1,
-             providers: list[str] | tuple[str, ...] | None = None) -> "SpeakerEncoder":
+             providers: list[str] | tuple[str, ...] | None = None) -> SpeakerEncoder:
         """Open campplus.onnx; providers default to CPU, as upstream runs CAM++ on CPU."""
         import onnxruntime as ort  # imported here: the lite backend does not need it at import time
 

@@ -18,6 +18,12 @@ Upstream's chunked path (stepvocoder/cosyvoice2: `CosyVoice_stream_impl_.token2w
   streamed audio stays close to the offline output over any length (tests/test_streaming.py).
 - HiFT continues across chunks with `vocode_chunk` (8-frame mel/excitation carry, Hamming cross-fade,
   held-back tail).
+- `flow_prime` (our addition, the Engine's default): upstream's setup needs the first generated rows,
+  so it repeats the prompt's whole DiT pass for every request. A StreamPrime uses the prompt's own last
+  lookahead rows instead, is made once per voice and cached; the first chunk then carries those tail
+  rows (conditioned on their prompt mel, output dropped) before its generated rows. The prompt frames
+  before the tail do not attend to the tail, so primed audio differs slightly from the setup path;
+  both stay within the same bound of the offline output (tests/test_streaming.py).
 
 Cost: the DiT cache holds keys/values for (prompt + 96 + chunk) frames for every Euler step and block
 (n_steps · depth · 2 CFG rows · heads · 2 · head_dim values per frame: ~1.3 MB per frame in float32
@@ -109,6 +115,27 @@ def _noise(flow: CosyVoiceFlow, offset: int, frames: int) -> torch.Tensor:
     return buf[:, :, offset:offset + frames]
 
 
+def _prime_caches(flow: CosyVoiceFlow, tokens: torch.Tensor, cond: torch.Tensor, spk_emb: torch.Tensor,
+                  n_steps: int) -> FlowCache:
+    """Run prompt rows (the last `pre_lookahead_len` of `tokens` only looked at) through the encoder
+    and every Euler step of the DiT with `cond` (1, 80, frames) as the condition; keep the caches."""
+    w = flow.encoder_proj.weight
+    tokens = tokens.to(w.device, torch.long).unsqueeze(0)  # (1, T, 2)
+    h, enc = flow.encoder.forward_chunk(flow.input_embedding(tokens.clamp(min=0)), None, last=False)
+    mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, frames)
+    spk = flow.speaker(spk_emb.reshape(1, -1).to(w.device, w.dtype))
+    frames = mu.shape[2]
+    _, conv, att = solve_euler_chunk(flow, _noise(flow, 0, frames).to(w.dtype), mu, spk, cond, None, None,
+                                     n_steps=n_steps)
+    return FlowCache(enc, conv, att, spk, frames)
+
+
+def _prompt_cond(flow: CosyVoiceFlow, prompt_mel: torch.Tensor, frames: int) -> torch.Tensor:
+    """The prompt mel (Tm, 80) nearest-resized to `frames` frames, as the offline flow does: (1, 80, frames)."""
+    w = flow.encoder_proj.weight
+    return F.interpolate(prompt_mel.to(w.device, w.dtype).t().unsqueeze(0), size=frames, mode="nearest")
+
+
 @torch.inference_mode()
 def flow_setup(flow: CosyVoiceFlow, prompt_tokens: torch.Tensor, lookahead_tokens: torch.Tensor,
                prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *, n_steps: int = 10) -> FlowCache:
@@ -117,26 +144,59 @@ def flow_setup(flow: CosyVoiceFlow, prompt_tokens: torch.Tensor, lookahead_token
     prompt_tokens (Tp, 2) and lookahead_tokens (lookahead, 2) flow rows; prompt_mel (Tm, 80) at any
     length (nearest-resized to 2*Tp frames as offline); spk_emb (192,).
     """
-    w = flow.encoder_proj.weight
-    tokens = torch.cat([prompt_tokens, lookahead_tokens]).to(w.device, torch.long).unsqueeze(0)  # (1, T, 2)
-    h, enc = flow.encoder.forward_chunk(flow.input_embedding(tokens.clamp(min=0)), None, last=False)
-    mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, 2*Tp)
-    frames = mu.shape[2]
-    mel = prompt_mel.to(w.device, w.dtype).t().unsqueeze(0)
-    cond = F.interpolate(mel, size=frames, mode="nearest")
-    spk = flow.speaker(spk_emb.reshape(1, -1).to(w.device, w.dtype))
-    _, conv, att = solve_euler_chunk(flow, _noise(flow, 0, frames).to(w.dtype), mu, spk, cond, None, None,
-                                     n_steps=n_steps)
-    return FlowCache(enc, conv, att, spk, frames)
+    cond = _prompt_cond(flow, prompt_mel, flow.cfg.encoder.up_stride * prompt_tokens.shape[0])
+    return _prime_caches(flow, torch.cat([prompt_tokens, lookahead_tokens]), cond, spk_emb, n_steps)
+
+
+@dataclass
+class StreamPrime:
+    """The prompt side of a streaming decode, computed once per voice and shared by its requests.
+
+    Upstream's setup needs the first generated rows as the prompt's lookahead, so it runs per request.
+    Here the prompt's own last `pre_lookahead_len` rows are that lookahead: the caches cover the
+    prompt minus those `tail` rows, and the first chunk of every stream sends the tail rows (with
+    their prompt mel as condition) in front of its generated rows. Read-only once built.
+    """
+
+    cache: FlowCache
+    tail_tokens: torch.Tensor  # (lookahead, 2) the prompt's last flow rows
+    tail_cond: torch.Tensor  # (1, 80, up_stride * lookahead) their prompt mel frames
+    n_steps: int
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.tail_tokens, self.tail_cond, self.cache.spk, self.cache.encoder.lookahead,
+                   self.cache.encoder.upsample]
+        tensors += [t for kv in self.cache.encoder.att for t in kv]
+        tensors += [t for per_step in self.cache.conv + self.cache.att for t in per_step]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.inference_mode()
+def flow_prime(flow: CosyVoiceFlow, prompt_tokens: torch.Tensor, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
+               *, n_steps: int = 10) -> StreamPrime | None:
+    """A StreamPrime for this prompt, or None when the prompt has no more rows than the lookahead."""
+    tail = flow.cfg.encoder.pre_lookahead_len
+    rows = int(prompt_tokens.shape[0])
+    if rows <= tail:
+        return None
+    ratio = flow.cfg.encoder.up_stride
+    cond = _prompt_cond(flow, prompt_mel, ratio * rows)
+    head = ratio * (rows - tail)
+    cache = _prime_caches(flow, prompt_tokens, cond[:, :, :head], spk_emb, n_steps)
+    return StreamPrime(cache, prompt_tokens[rows - tail:].clone(), cond[:, :, head:].clone(), n_steps)
 
 
 @torch.inference_mode()
 def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, last: bool, n_steps: int = 10,
-               left_context: int = DIT_LEFT_CONTEXT, noise_offset: int | None = None) -> tuple[torch.Tensor, FlowCache]:
+               left_context: int = DIT_LEFT_CONTEXT, noise_offset: int | None = None,
+               cond_prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, FlowCache]:
     """Mel (80, 2*T) for the next T rows (upstream `inference_chunk` + the cache trim).
 
     tokens (T + lookahead, 2) flow rows, or (T, 2) on the `last` chunk. The start noise is read at
     `noise_offset` into the fixed buffer; None means upstream's choice, the DiT cache length.
+    `cond_prefix` (1, 80, F): the chunk starts with prompt rows still owed to a StreamPrime's cache;
+    their F frames take it as condition, join the cache's prompt and are not returned.
     """
     w = flow.encoder_proj.weight
     tokens = tokens.to(w.device, torch.long).unsqueeze(0)
@@ -144,12 +204,22 @@ def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, l
     mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, 2T)
     offset = cache.frames if noise_offset is None else noise_offset
     noise = _noise(flow, offset, mu.shape[2]).to(w.dtype)
-    x, conv, att = solve_euler_chunk(flow, noise, mu, cache.spk, torch.zeros_like(mu), cache.conv, cache.att,
-                                     n_steps=n_steps)
-    p = cache.prompt_frames
+    held, p = 0, cache.prompt_frames
+    cond = torch.zeros_like(mu)
+    if cond_prefix is not None:
+        if cache.frames != p:
+            raise ValidationError("prompt rows can only lead the first chunk of a stream")
+        held = cond_prefix.shape[-1]
+        cond[:, :, :held] = cond_prefix.to(cond.dtype)
+    x, conv, att = solve_euler_chunk(flow, noise, mu, cache.spk, cond, cache.conv, cache.att, n_steps=n_steps)
+    if held:  # the held prompt frames go to the prompt end of the cache (the DiT attention has no positions)
+        n = mu.shape[2]
+        att = [[torch.cat([a[:, :, held:n], a[:, :, :held], a[:, :, n:]], dim=2) for a in per_step]
+               for per_step in att]
+        p += held
     if att[0][0].shape[2] > p + left_context:  # keep the newest frames (first) and the prompt (last)
         att = [[torch.cat([a[:, :, :left_context], a[:, :, -p:]], dim=2) for a in per_step] for per_step in att]
-    return x[0], FlowCache(enc, conv, att, cache.spk, p)
+    return x[0, :, held:], FlowCache(enc, conv, att, cache.spk, p)
 
 
 def _no_stage(_name, **_attrs):  # the default `stage`: times nothing
@@ -174,7 +244,7 @@ class DecoderStream:
     def __init__(self, decoder, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor, *,
                  n_steps: int = 10, chunk_rows: Iterable[int] = STREAM_CHUNK_ROWS,
                  generator: torch.Generator | None = None, noise: str = "offline",
-                 stage: Callable = _no_stage) -> None:
+                 stage: Callable = _no_stage, prime: StreamPrime | None = None) -> None:
         from editx.decoder.vocoder import VocoderStream
 
         if noise not in NOISE_MODES:
@@ -194,6 +264,11 @@ class DecoderStream:
         self.spk = torch.as_tensor(spk_emb, dtype=torch.float32).reshape(-1).bfloat16().float()
         self.pending: list[int] = []  # mixed ids not yet decoded (a chunk's lookahead stays here)
         self.cache: FlowCache | None = None
+        self._held: StreamPrime | None = None  # prompt rows the first chunk still owes the prime's cache
+        if prime is not None:
+            if prime.n_steps != n_steps:
+                raise ValidationError(f"the stream prime was made for {prime.n_steps} Euler steps, not {n_steps}")
+            self.cache, self._held = prime.cache, prime
         dev = self.flow.encoder_proj.weight.device
         self.vocoder = VocoderStream.start(1, self.flow.cfg.output_size, dev)
         self.chunks = 0
@@ -222,9 +297,9 @@ class DecoderStream:
         if self.finished:
             raise ValidationError("this stream is finished")
         self.pending.extend(int(i) for i in mixed)
+        if not self.pending and self.chunks == 0:
+            raise ValidationError("no speech tokens to decode (the LM produced none)")
         if self.cache is None:
-            if not self.pending:
-                raise ValidationError("no speech tokens to decode (the LM produced none)")
             self._setup()
         self.finished = True
         return self._chunk(self.pending, last=True)
@@ -241,10 +316,14 @@ class DecoderStream:
 
         tokens = self.decoder.flow_tokens(np.asarray(ids, dtype=np.int64))
         rows = tokens.shape[0] - (0 if last else self.flow.cfg.encoder.pre_lookahead_len)
+        held, self._held = self._held, None
+        if held is not None:
+            tokens = torch.cat([held.tail_tokens.to(tokens.dtype), tokens])
         with self.stage("flow", chunk=self.chunks, rows=int(rows), steps=self.n_steps):
             offset = self.cache.prompt_frames + self.frames if self.noise == "offline" else None
             mel, self.cache = flow_chunk(self.flow, tokens, self.cache, last=last, n_steps=self.n_steps,
-                                         noise_offset=offset)
+                                         noise_offset=offset,
+                                         cond_prefix=held.tail_cond if held is not None else None)
         self.frames += int(mel.shape[-1])
         hift = self.decoder.hift
         weight = next(hift.parameters())
@@ -260,5 +339,5 @@ class DecoderStream:
         return wav[0].float().cpu().numpy()
 
 
-__all__ = ["DIT_LEFT_CONTEXT", "NOISE_MODES", "STREAM_CHUNK_ROWS", "DecoderStream", "FlowCache", "check_chunk_rows",
-           "flow_chunk", "flow_setup", "mixed_for_rows", "solve_euler_chunk"]
+__all__ = ["DIT_LEFT_CONTEXT", "NOISE_MODES", "STREAM_CHUNK_ROWS", "DecoderStream", "FlowCache", "StreamPrime",
+           "check_chunk_rows", "flow_chunk", "flow_prime", "flow_setup", "mixed_for_rows", "solve_euler_chunk"]

@@ -62,7 +62,7 @@ class HiFTConfig:
         return math.prod(self.upsample_rates) * self.hop_len
 
     @classmethod
-    def from_yaml(cls, section: dict) -> "HiFTConfig":
+    def from_yaml(cls, section: dict) -> HiFTConfig:
         """Build from the `hift` section of cosyvoice.yaml parsed as data (constructor kwargs)."""
         if not isinstance(section, dict):
             raise ModelFilesError(f"cosyvoice.yaml: the hift section must be a mapping, got {type(section).__name__}")
@@ -324,7 +324,7 @@ class VocoderStream:
     speech: torch.Tensor  # (B, <=8*samples_per_frame)
 
     @classmethod
-    def start(cls, batch: int = 1, n_mels: int = 80, device: torch.device | str = "cpu") -> "VocoderStream":
+    def start(cls, batch: int = 1, n_mels: int = 80, device: torch.device | str = "cpu") -> VocoderStream:
         empty = torch.zeros(batch, 0, device=device)
         return cls(torch.zeros(batch, n_mels, 0, device=device), empty[:, None], empty)
 

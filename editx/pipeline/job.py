@@ -49,6 +49,7 @@ class Job:
     part: int = 0
     sample_rate: int = 0
     fed: bool = False  # the backend already fed this round's audio (streamed it)
+    flow_prime: tuple[Any, Any] | None = None  # (prompt encoding, the backend's streaming prime for it)
     chunks: int = 0  # AudioChunks emitted so far
     _joiner: StreamJoiner | None = None
     _joined: list[np.ndarray] = field(default_factory=list)

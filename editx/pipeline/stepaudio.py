@@ -220,9 +220,29 @@ class StepAudioBackend:
         (seeded from the request's), so the LM draws, and hence the tokens, equal the offline run's."""
         enc = job.prompt
         gen = torch.Generator().manual_seed(job.generator.initial_seed() ^ STREAM_SEED_SALT)
+        prime = self._stream_prime(job) if self.config.stream_prime else None
         return self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
                                         chunk_rows=self.config.stream_chunk_rows, generator=gen,
-                                        noise=self.config.stream_noise, stage=job.timeline.stage)
+                                        noise=self.config.stream_noise, stage=job.timeline.stage, prime=prime)
+
+    def _stream_prime(self, job):
+        """The prompt side of the streaming flow for `job.prompt`: made once per voice and kept next to
+        the prompt encoding in the memory tier (clones), or on the job for its other parts (any op)."""
+        enc, tl = job.prompt, job.timeline
+        if job.flow_prime is not None and job.flow_prime[0] is enc:
+            return job.flow_prime[1]
+        shared = self.cache is not None and job.cache_key is not None and job.step.op == "clone"
+        name = f"flow_prime:{self.device}:{self.decoder.dtype}:{self.config.flow_steps}"
+        prime = self.cache.attachment(job.cache_key, name) if shared else None
+        if shared:
+            tl.set_cache("flow_prime", "miss" if prime is None else "memory")
+        if prime is None:
+            with tl.stage("flow_prime", prompt_frames=int(enc.mel.shape[0]), steps=self.config.flow_steps):
+                prime = self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
+            if shared and prime is not None:
+                self.cache.attach(job.cache_key, name, prime, prime.nbytes)
+        job.flow_prime = (enc, prime)
+        return prime
 
     @staticmethod
     def _stream_token(job, stream, token: int | None, done: bool) -> list[np.ndarray]:
@@ -303,6 +323,9 @@ class StepAudioBackend:
             job.future.result()  # surface a warm-up failure
         # the streaming decode too: its setup and chunk shapes differ from the offline flow's
         enc = job.prompt
+        prime = None
+        if self.config.stream_prime:
+            prime = self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
         stream = self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
-                                          chunk_rows=self.config.stream_chunk_rows)
-        stream.finish(WARMUP_GROUP)  # the cache setup, then one last chunk: the smallest stream
+                                          chunk_rows=self.config.stream_chunk_rows, prime=prime)
+        stream.finish(WARMUP_GROUP)  # the prompt side, then one last chunk: the smallest stream
