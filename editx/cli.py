@@ -34,6 +34,12 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="disable the prompt cache")
     g.add_argument("--redis-url", default=None, help="shared cache tier (env EDITX_REDIS_URL)")
     g.add_argument("--no-warmup", action="store_true")
+    g.add_argument("--stream-chunk-rows", type=_int_list, default=None, metavar="N,N,...",
+                   help="flow rows per streamed chunk, first then next (last repeats; 1 row = 40 ms; default 15,24,48)")
+    g.add_argument("--no-stream-prime", action="store_true",
+                   help="redo the prompt side of the streaming flow per request, as upstream (default: once per voice)")
+    g.add_argument("--segment-max-chars", type=int, default=None,
+                   help="long texts are synthesised in sentence segments of at most this many characters")
 
 
 def _engine_config(args: argparse.Namespace, **extra):
@@ -43,7 +49,16 @@ def _engine_config(args: argparse.Namespace, **extra):
         model_dir=args.model_dir, backend=args.backend, device=args.device, dtype=args.dtype,
         quantize=args.quantize, threads=args.threads, onnx_threads=args.onnx_threads,
         flow_steps=args.flow_steps, cache_dir=args.cache_dir, redis_url=args.redis_url,
-        cache_enabled=False if args.no_cache else None, warmup=False if args.no_warmup else None, **extra)
+        cache_enabled=False if args.no_cache else None, warmup=False if args.no_warmup else None,
+        stream_chunk_rows=args.stream_chunk_rows, stream_prime=False if args.no_stream_prime else None,
+        segment_max_chars=args.segment_max_chars, **extra)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _load_engine(args: argparse.Namespace, **extra):

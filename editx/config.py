@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,9 @@ class SamplingConfig:
     top_k: int = DEFAULT_TOP_K  # 0 disables it
     max_length: int = DEFAULT_MAX_LENGTH  # prompt + generated, as upstream's generate(max_length=8192)
     max_new_tokens: int | None = None  # optional extra cap on generated tokens (tests, warm-up)
+    # optional runaway guard for clones: at most this many audio tokens per character of the text
+    # (real speech is about 3 per English character; random fixture weights use it in place of EOS)
+    max_tokens_per_char: float | None = None
     repetition_window: int = DEFAULT_REPETITION_WINDOW
     repetition_threshold: float = DEFAULT_REPETITION_THRESHOLD
 
@@ -53,6 +57,17 @@ class SamplingConfig:
             raise ValidationError(f"max_length must be >= 2, got {self.max_length}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValidationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_tokens_per_char is not None and not (self.max_tokens_per_char > 0):
+            raise ValidationError(f"max_tokens_per_char must be > 0, got {self.max_tokens_per_char}")
+
+    def for_text(self, text: str) -> SamplingConfig:
+        """These settings for a clone of `text`: max_tokens_per_char folded into max_new_tokens."""
+        if self.max_tokens_per_char is None:
+            return self
+        cap = max(1, math.ceil(self.max_tokens_per_char * len(text)))
+        if self.max_new_tokens is not None and self.max_new_tokens <= cap:
+            return self
+        return replace(self, max_new_tokens=cap)
 
 
 @dataclass(frozen=True)
@@ -118,22 +133,16 @@ class EngineConfig:
 
     @classmethod
     def from_env(cls, **overrides) -> EngineConfig:
-        """Defaults, then EDITX_* environment variables, then explicit (non-None) overrides."""
+        """Defaults, then EDITX_* environment variables (ENV_FIELDS), then explicit (non-None) overrides."""
         env: dict = {}
-        if v := os.environ.get("EDITX_MODEL_DIR"):
-            env["model_dir"] = Path(v)
-        if v := os.environ.get("EDITX_BACKEND"):
-            env["backend"] = v
-        if v := os.environ.get("EDITX_DEVICE"):
-            env["device"] = v
-        if v := os.environ.get("EDITX_DTYPE"):
-            env["dtype"] = v
-        if v := os.environ.get("EDITX_CACHE_DIR"):
-            env["cache_dir"] = Path(v)
-        if v := os.environ.get("EDITX_REDIS_URL"):
-            env["redis_url"] = v
-        if v := os.environ.get("EDITX_THREADS"):
-            env["threads"] = int(v)
+        for name, (field_name, parse) in ENV_FIELDS.items():
+            value = os.environ.get(name)
+            if value is None or value == "":
+                continue
+            try:
+                env[field_name] = parse(value)
+            except ValueError:
+                raise ValidationError(f"environment variable {name}={value!r} is not valid for {field_name}") from None
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
 
@@ -146,6 +155,33 @@ class EngineConfig:
             return self.backend
         return "editx" if self.model_dir is not None else "lite"
 
+
+
+def _env_bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _env_ints(value: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in value.split(",") if x.strip())
+
+
+# environment variable -> (EngineConfig field, parser)
+ENV_FIELDS = {
+    "EDITX_MODEL_DIR": ("model_dir", Path), "EDITX_BACKEND": ("backend", str), "EDITX_DEVICE": ("device", str),
+    "EDITX_DTYPE": ("dtype", str), "EDITX_QUANTIZE": ("quantize", str), "EDITX_CACHE_DIR": ("cache_dir", Path),
+    "EDITX_REDIS_URL": ("redis_url", str), "EDITX_THREADS": ("threads", int),
+    "EDITX_ONNX_THREADS": ("onnx_threads", int), "EDITX_FLOW_STEPS": ("flow_steps", int),
+    "EDITX_MAX_BATCH": ("max_batch", int), "EDITX_QUEUE_SIZE": ("queue_size", int),
+    "EDITX_CACHE_MEMORY_BYTES": ("cache_memory_bytes", int), "EDITX_CACHE_DISK_BYTES": ("cache_disk_bytes", int),
+    "EDITX_WARMUP": ("warmup", _env_bool), "EDITX_STREAM_CHUNK_ROWS": ("stream_chunk_rows", _env_ints),
+    "EDITX_STREAM_NOISE": ("stream_noise", str), "EDITX_STREAM_PRIME": ("stream_prime", _env_bool),
+    "EDITX_SEGMENT_MAX_CHARS": ("segment_max_chars", int), "EDITX_SEGMENT_PAUSE_S": ("segment_pause_s", float),
+    "EDITX_EDIT_WINDOW_S": ("edit_window_s", float), "EDITX_MAX_AUDIO_SECONDS": ("max_audio_seconds", float),
+}
 
 def resolve_device(device: str = "auto") -> torch.device:
     """The one place that turns a device name into a torch.device."""

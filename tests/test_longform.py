@@ -91,6 +91,19 @@ def test_two_minute_text_is_one_file_with_one_prompt_encoding(make_engine, strea
         assert names.count("flow_prime") == 1 and "flow_setup" not in names  # the prompt's flow side once
 
 
+def test_token_guard_caps_each_segment_by_its_own_text(make_engine):
+    eng = make_engine(cache=False, segment_max_chars=60)
+    text = " ".join(["A short one.", "This sentence is quite a lot longer than the first one was, by design."] * 4)
+    segments = split_text(text, max_chars=60)
+    req = CloneRequest(speechlike(seed=2), "hello world", text, seed=1,
+                       sampling=SamplingConfig(max_tokens_per_char=0.3))
+    result = eng.run(req)
+    tokens = [r["lm_tokens"] for r in result.iterations]
+    assert len(tokens) == len(segments) > 1
+    assert all(n <= -(-3 * len(seg) // 10) for n, seg in zip(tokens, segments))  # ceil(0.3 * chars)
+    assert max(tokens) > min(tokens)  # the longer segments got the bigger budget
+
+
 def _long_clip(seconds: float = 62.0, sr: int = 16000) -> PromptAudio:
     """4 s speech-like phrases separated by 0.6 s of near silence."""
     rng = np.random.default_rng(1)

@@ -169,7 +169,7 @@ class StepAudioBackend:
         streams = {i: self._open_stream(job) for i, job in enumerate(jobs) if job.streaming}
         streamed: dict[int, list[np.ndarray]] = {i: [] for i in streams}
         for i, (job, prompt, pre) in enumerate(zip(jobs, prompts, prefixes)):
-            sampling = job.request.sampling or self.config.sampling
+            sampling = self._sampling(job)
             snap = pre[1] if pre is not None else None
             hit_prefix[i] = snap is not None
             owner[session.add(prompt, sampling=sampling, generator=job.generator, prefix=snap)] = i
@@ -186,7 +186,7 @@ class StepAudioBackend:
                 if i is None:
                     continue
                 job = jobs[i]
-                cap = (job.request.sampling or self.config.sampling).max_new_tokens
+                cap = self._sampling(job).max_new_tokens
                 done = ev.finished or (cap is not None and len(session.result(ev.slot)) >= cap)
                 try:
                     job.check_cancelled()  # a stream consumer that went away stops the work here
@@ -214,6 +214,11 @@ class StepAudioBackend:
             if prefixes[i] is not None:
                 job.timeline.set_cache("lm_prefix", "memory" if hit_prefix[i] else "miss")
         return results
+
+    def _sampling(self, job):
+        """The job's sampling settings; a clone's token guard scales with its (segment's) text."""
+        sampling = job.request.sampling or self.config.sampling
+        return sampling.for_text(job.step.text) if job.step.op == "clone" else sampling
 
     def _open_stream(self, job):
         """A streaming decoder for this job's round. Its vocoder noise comes from its own generator
@@ -263,7 +268,7 @@ class StepAudioBackend:
         out = []
         for job, prompt in zip(jobs, prompts):
             t0 = job.timeline.elapsed()
-            ids = generate_naive(self.lm, prompt, sampling=job.request.sampling or self.config.sampling,
+            ids = generate_naive(self.lm, prompt, sampling=self._sampling(job),
                                  generator=job.generator)
             job.timeline.add_stage("lm_generate", t0, job.timeline.elapsed() - t0, loop="naive", tokens=len(ids),
                                    prompt_tokens=len(prompt))
