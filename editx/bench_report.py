@@ -8,11 +8,13 @@ JSON schema `editx.bench` version 1 (keys only ever added within a version):
   ab[{op, a, b, order, pairs[{index, cold, a_total_s, b_total_s, ratio}], runs_a, runs_b,
       summary_a, summary_b, ratio_median_warm, ratio_cold}],
   stream{arm, op, runs[run], summary} | null   (warm streamed runs: ttfa_s; their stages overlap),
+  stream_texts[{seconds, chars, segments, runs, ttfa_s, stream_total_s, offline_total_s, audio_s,
+      ttfa_fraction, first_stages{stage: s before the first audio}, streamed_runs[run], offline_runs[run]}],
   sweeps{name: [{value, requests, wall_s, audio_s, throughput, latency_p50_s, latency_p90_s, ...}]},
   lm{...editx.lm.throughput.compare()} | null, load{...} | null, targets[{name, goal, measured, threshold,
   status: pass|miss|n/a, note}].
 A run: {index, cold, arm, op, streamed, threads, wall_s, total_s, stages{top-level name: s}, substages, cache, prompt_cache,
-  prompt_s, lm_tokens, lm_s, lm_tok_s, audio_s, rtf, ttfa_s, ttfa_timeline_s, rss_mb, peak_rss_mb,
+  prompt_s, lm_tokens, rounds, lm_s, lm_tok_s, audio_s, rtf, ttfa_s, ttfa_timeline_s, rss_mb, peak_rss_mb,
   gpu_peak_mb, quality?{wer, speaker_similarity, transcript, error}, timeline}.
 """
 
@@ -132,11 +134,25 @@ def evaluate_targets(report: dict) -> list[dict[str, Any]]:
     stream = report.get("stream")
     offline = stream and next((s for s in report.get("series") or () if s["arm"] == stream["arm"]
                                and s["op"] == stream["op"]), None)
-    if offline and stream["summary"]["warm"]["ttfa_s"] and offline["summary"]["warm"]["total_s"]:
+    points = sorted((p for p in report.get("stream_texts") or () if p["ttfa_s"] is not None),
+                    key=lambda p: p["seconds"])
+    if points and points[0]["ttfa_fraction"] is not None:
+        p = points[0]
+        ttfa, note = p["ttfa_fraction"], (f"{p['seconds']:g} s text: first audio after {p['ttfa_s']:.2f} s vs "
+                                          f"{p['offline_total_s']:.2f} s offline (medians)")
+    elif offline and stream["summary"]["warm"]["ttfa_s"] and offline["summary"]["warm"]["total_s"]:
         first, full = stream["summary"]["warm"]["ttfa_s"]["median"], offline["summary"]["warm"]["total_s"]["median"]
         ttfa, note = first / full, f"first chunk after {first:.2f} s vs {full:.2f} s offline (warm medians)"
     out.append(_target("ttfa", "streaming time to first audio < 25% of full latency", ttfa, 0.25,
                        lambda v: v < 0.25, note))
+    growth, note = None, ""
+    if len(points) > 1:
+        short, long_ = points[0], points[-1]
+        growth = long_["ttfa_s"] / short["ttfa_s"]
+        note = (f"{long_['seconds']:g} s text {long_['ttfa_s']:.2f} s vs {short['seconds']:g} s text "
+                f"{short['ttfa_s']:.2f} s")
+    out.append(_target("ttfa_length", "time to first audio independent of text length (longest / shortest "
+                                      "<= 1.25)", growth, 1.25, lambda v: v <= 1.25, note))
     load = report.get("load") or {}
     out.append(_target("load_rss", "peak RSS while loading <= 1.3x the weights' size", load.get("ratio_to_loaded"),
                        1.3, lambda v: v <= 1.3, "RSS growth during load / bytes of the loaded weights (at the "
@@ -208,6 +224,16 @@ def markdown(report: dict) -> str:
         out += [f"## streaming ({stream['op']} on `{stream['arm']}`, {stream['summary']['runs']} warm runs)", "",
                 f"time to first audio median {_f(_median(warm['ttfa_s']))} s, streamed total median "
                 f"{_f(_median(warm['total_s']))} s (streamed stages may overlap each other)", ""]
+    if points := report.get("stream_texts"):
+        out += ["## time to first audio vs full latency, by text length (medians)", "",
+                "| text | chars | segments | audio s | first audio s | streamed total s | offline total s | "
+                "first / offline | before first audio |", "|---|---|---|---|---|---|---|---|---|"]
+        for p in points:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(p["first_stages"].items(), key=lambda kv: -kv[1]))
+            out.append(f"| {p['seconds']:g} s | {p['chars']} | {p['segments']} | {_f(p['audio_s'], '.1f')} | "
+                       f"{_f(p['ttfa_s'], '.2f')} | {_f(p['stream_total_s'], '.2f')} | "
+                       f"{_f(p['offline_total_s'], '.2f')} | {_f(p['ttfa_fraction'])} | {parts} |")
+        out.append("")
     for name, points in (report.get("sweeps") or {}).items():
         out += [f"## sweep: {name}", "", "| value | requests | throughput (audio s / wall s) | p50 s | p90 s |",
                 "|---|---|---|---|---|"]

@@ -162,7 +162,7 @@ def run_record(result, *, wall_s: float, ttfa_s: float | None, backend=None) -> 
     rec = {
         "wall_s": wall_s, "total_s": float(tl["total_s"]), "stages": top, "substages": nested,
         "cache": cache, "prompt_cache": cache.get("prompt", "off"), "prompt_s": prompt_stage,
-        "lm_tokens": tokens, "lm_s": lm_s if lm_s > 0 else None,
+        "lm_tokens": tokens, "rounds": len(result.iterations), "lm_s": lm_s if lm_s > 0 else None,
         "lm_tok_s": tokens / lm_s if lm_s > 0 and tokens else None,
         "audio_s": result.duration_s, "rtf": float(tl["total_s"]) / result.duration_s if result.duration_s else None,
         "ttfa_s": ttfa_s, "ttfa_timeline_s": tl.get("ttfa_s"),

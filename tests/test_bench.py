@@ -18,7 +18,8 @@ from editx.errors import ValidationError
 RUN_KEYS = {"index", "cold", "arm", "streamed", "wall_s", "total_s", "stages", "substages", "cache", "prompt_cache",
             "prompt_s", "lm_tokens", "lm_s", "lm_tok_s", "audio_s", "rtf", "ttfa_s", "ttfa_timeline_s", "rss_mb",
             "peak_rss_mb", "gpu_peak_mb", "timeline", "threads"}
-TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "concurrency_4", "ttfa", "load_rss"]
+TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "concurrency_4", "ttfa", "ttfa_length",
+           "load_rss"]
 
 
 # ---- parsing --------------------------------------------------------------------------------------
@@ -99,7 +100,35 @@ def ab_report(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def series_report(tiny_model_dir, tmp_path_factory):
     return _bench(tmp_path_factory.mktemp("series"), tiny_model_dir, "--runs", "3", "--stream-runs", "0",
-                  "--ops", "clone,speed")
+                  "--ops", "clone,speed", "--stream-texts", "1,8")
+
+
+def test_speech_text_is_whole_sentences_near_the_length():
+    from editx.bench import CHARS_PER_S, SENTENCES, speech_text
+
+    for secs in (1, 5, 60):
+        text = speech_text(secs)
+        assert abs(len(text) - secs * CHARS_PER_S) <= 40 and text.endswith(".")
+    assert speech_text(5).startswith(SENTENCES[0]) and "part 2" in speech_text(60)
+    with pytest.raises(ValidationError, match="> 0"):
+        speech_text(0)
+
+
+def test_stream_texts_compare_first_audio_with_full_latency(series_report):
+    short, long_ = series_report["stream_texts"]
+    assert (short["seconds"], long_["seconds"]) == (1, 8) and short["chars"] < long_["chars"]
+    for p in (short, long_):
+        assert p["runs"] == 1 and p["segments"] == 1
+        (streamed,), (offline,) = p["streamed_runs"], p["offline_runs"]
+        assert streamed["streamed"] and not offline["streamed"]
+        assert 0 < p["ttfa_s"] <= p["stream_total_s"] and p["ttfa_fraction"] == p["ttfa_s"] / p["offline_total_s"]
+        assert streamed["lm_tokens"] == offline["lm_tokens"] <= -(-p["chars"] * 25 * 5 // (3 * 14.5))  # guard
+        assert p["first_stages"]["lm_prefill"] > 0 and sum(p["first_stages"].values()) <= p["ttfa_s"] + 1e-3
+        assert streamed["cache"]["flow_prime"] == "memory"  # the voice was warmed before the first point
+    targets = {t["name"]: t for t in series_report["targets"]}
+    assert targets["ttfa"]["measured"] == short["ttfa_fraction"]
+    assert targets["ttfa_length"]["measured"] == long_["ttfa_s"] / short["ttfa_s"]
+    assert "time to first audio vs full latency" in (series_report["_out"] / "bench.md").read_text()
 
 
 def test_threads_ab_reaches_the_worker(tiny_model_dir, tmp_path):
