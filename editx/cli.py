@@ -139,8 +139,14 @@ def _cmd_clone(args: argparse.Namespace) -> int:
         prompt_text = DEFAULT_PROMPT.with_suffix(".txt").read_text().strip()
     if not Path(prompt_audio).is_file():
         raise EditxError(f"prompt audio {prompt_audio} does not exist")
+    text = args.text
+    if args.text_file is not None:
+        try:
+            text = args.text_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EditxError(f"cannot read --text-file {args.text_file}: {exc}") from None
     audio = _read_audio(Path(prompt_audio))
-    req = CloneRequest(audio, prompt_text, args.text, seed=args.seed, edit_type=args.edit_type,
+    req = CloneRequest(audio, prompt_text, text, seed=args.seed, edit_type=args.edit_type,
                        edit_info=args.edit_info, iterations=args.iterations, speed=args.speed)
     return _run_request(args, req)
 
@@ -243,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(c)
     c.add_argument("--prompt-audio", type=Path, default=None, help="reference clip (default: the bundled one)")
     c.add_argument("--prompt-text", default=None, help="transcript of the reference clip")
-    c.add_argument("--text", required=True)
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="text to speak (any length: long texts go in sentence segments)")
+    src.add_argument("--text-file", type=Path, help="read the text to speak from this UTF-8 file")
     c.add_argument("--edit-type", default=None, help="also apply this edit to the result")
     c.add_argument("--edit-info", default=None)
     c.add_argument("--iterations", type=int, default=1)

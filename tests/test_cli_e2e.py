@@ -61,3 +61,22 @@ def test_fixture_clone_and_edit_on_tiny_weights(tiny_model_dir, tmp_path):
             "--seed", "2", "--threads", "1", "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     assert sf.info(tmp_path / "e.wav").samplerate == 24000
+
+
+def test_stream_a_text_file_in_segments(tiny_model_dir, tmp_path):
+    ref, text = tmp_path / "ref.wav", tmp_path / "long.txt"
+    from conftest import speechlike
+
+    a = speechlike()
+    sf.write(ref, a.samples, a.sample_rate)
+    text.write_text("The first sentence is here. A second one follows it. And a third closes the text.\n")
+    r = run("clone", "--model-dir", str(tiny_model_dir), "--prompt-audio", str(ref), "--prompt-text", "hello",
+            "--text-file", str(text), "-o", str(tmp_path / "s.wav"), "--seed", "1", "--threads", "1", "--stream",
+            "--stream-chunk-rows", "6,12", "--segment-max-chars", "30", "--no-warmup",
+            "--cache-dir", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert "first audio after" in r.stdout and "streamed" in r.stdout
+    info = sf.info(tmp_path / "s.wav")
+    assert info.samplerate == 24000 and info.frames > 0
+    r = run("clone", "--text-file", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.wav"))
+    assert r.returncode == 2 and "cannot read --text-file" in r.stderr and "Traceback" not in r.stderr

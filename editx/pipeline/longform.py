@@ -30,7 +30,7 @@ def plan_parts(step: Step, source: PromptAudio, config: EngineConfig, backend) -
     pause = config.segment_pause_s
     if step.op == "clone" and getattr(backend, "segments_text", False):
         max_chars, lang = text_budget(step.text, config.segment_max_chars)
-        segments = split_text(step.text, max_chars=max_chars, lang=lang)
+        segments = split_text(step.text, max_chars=max_chars, min_chars=min(40, max_chars // 2), lang=lang)
         if len(segments) > 1:
             parts = [(replace(step, text=t), None) for t in segments]
     window = getattr(backend, "edit_window_s", None)
