@@ -301,20 +301,17 @@ def run_sweeps(args, pool, arm, reqs: Requests, names: list[str]) -> dict[str, l
 
 
 def speech_text(seconds: float) -> str:
-    """Whole SENTENCES (cycled, numbered after the first pass) adding up to about `seconds` read aloud."""
+    """About `seconds` of text read aloud (CHARS_PER_S): SENTENCES cycled, cut after the word that
+    reaches the length and closed with a full stop."""
     if seconds <= 0:
         raise ValidationError(f"stream text lengths must be > 0 seconds, got {seconds}")
-    want, out, i = seconds * CHARS_PER_S, [], 0
-    while not out or len(" ".join(out)) < want:
-        sentence = SENTENCES[i % len(SENTENCES)]
-        if i >= len(SENTENCES):
-            sentence = f"Again, part {i // len(SENTENCES) + 1}: {sentence[0].lower()}{sentence[1:]}"
-        candidate = " ".join(out + [sentence])
-        if out and len(candidate) - want > want - len(" ".join(out)):
-            break  # the shorter text is closer to the length asked for
-        out.append(sentence)
-        i += 1
-    return " ".join(out)
+    pool = " ".join(SENTENCES).split()
+    words: list[str] = []
+    length = -1  # of " ".join(words)
+    while length < seconds * CHARS_PER_S:
+        words.append(pool[len(words) % len(pool)])
+        length += len(words[-1]) + 1
+    return " ".join(words).rstrip(",.;:") + "."
 
 
 def run_stream_texts(pool, arm, reqs: Requests, seconds: list[float], *, runs: int, fixture: bool) -> list[dict]:
