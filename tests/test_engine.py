@@ -118,3 +118,6 @@ def test_queue_full_and_cancel(make_engine):
         fut.result(timeout=60)
     # the engine is free for the next request
     assert eng.clone(speechlike(), "p", "after cancel", seed=1).audio.size > 0
+    assert eng.alive
+    eng.close()
+    assert not eng.alive  # a closed engine reports itself dead to health checks

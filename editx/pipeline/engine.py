@@ -192,6 +192,11 @@ class Engine:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def alive(self) -> bool:
+        """True while the model worker can take requests (not closed, its thread running)."""
+        return not self._closed and self._worker.is_alive()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

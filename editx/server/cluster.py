@@ -158,7 +158,7 @@ class EngineReplica:
         """Ray Serve's health check: the engine is loaded, warm and its worker alive."""
         from editx.errors import EditxError
 
-        if not self.engine.ready or not self.engine._worker.is_alive():
+        if not self.engine.ready or not self.engine.alive:
             raise EditxError(f"replica {self.replica_id}: engine not ready")
 
     def info(self) -> dict:
