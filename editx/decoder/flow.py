@@ -147,45 +147,47 @@ class CosyVoiceFlow(nn.Module):
 
 # ----------------------------------------------------------------------------- weights
 
-# Official flow.pt key → our module path. Everything not listed keeps its name.
-_KEY_MAP: tuple[tuple[str, str], ...] = (
-    (r"^encoder\.(embed|up_embed)\.out\.0\.", r"encoder.\1.linear."),
-    (r"^encoder\.(embed|up_embed)\.out\.1\.", r"encoder.\1.norm."),
-    (r"^decoder\.estimator\.t_embedder\.mlp\.0\.", "estimator.t_embedder.fc1."),
-    (r"^decoder\.estimator\.t_embedder\.mlp\.2\.", "estimator.t_embedder.fc2."),
-    (r"^decoder\.estimator\.(blocks\.\d+)\.conv\.block\.1\.", r"estimator.\1.conv.conv1."),
-    (r"^decoder\.estimator\.(blocks\.\d+)\.conv\.block\.3\.", r"estimator.\1.conv.norm."),
-    (r"^decoder\.estimator\.(blocks\.\d+)\.conv\.block\.6\.", r"estimator.\1.conv.conv2."),
-    (r"^decoder\.estimator\.(blocks\.\d+|final_layer)\.adaLN_modulation\.1\.", r"estimator.\1.modulation."),
-    (r"^decoder\.estimator\.", "estimator."),
+# Official flow.pt key prefix ↔ our module path prefix, one table for both directions. {slot}s match
+# the same text on both sides (_SLOTS); the first matching row wins; other keys keep their names.
+_KEY_RENAMES: tuple[tuple[str, str], ...] = (
+    ("encoder.{embed}.out.0.", "encoder.{embed}.linear."),
+    ("encoder.{embed}.out.1.", "encoder.{embed}.norm."),
+    ("decoder.estimator.t_embedder.mlp.0.", "estimator.t_embedder.fc1."),
+    ("decoder.estimator.t_embedder.mlp.2.", "estimator.t_embedder.fc2."),
+    ("decoder.estimator.{block}.conv.block.1.", "estimator.{block}.conv.conv1."),
+    ("decoder.estimator.{block}.conv.block.3.", "estimator.{block}.conv.norm."),
+    ("decoder.estimator.{block}.conv.block.6.", "estimator.{block}.conv.conv2."),
+    ("decoder.estimator.{modulated}.adaLN_modulation.1.", "estimator.{modulated}.modulation."),
+    ("decoder.estimator.", "estimator."),
 )
-_INVERSE_MAP: tuple[tuple[str, str], ...] = (
-    (r"^encoder\.(embed|up_embed)\.linear\.", r"encoder.\1.out.0."),
-    (r"^encoder\.(embed|up_embed)\.norm\.", r"encoder.\1.out.1."),
-    (r"^estimator\.t_embedder\.fc1\.", "decoder.estimator.t_embedder.mlp.0."),
-    (r"^estimator\.t_embedder\.fc2\.", "decoder.estimator.t_embedder.mlp.2."),
-    (r"^estimator\.(blocks\.\d+)\.conv\.conv1\.", r"decoder.estimator.\1.conv.block.1."),
-    (r"^estimator\.(blocks\.\d+)\.conv\.norm\.", r"decoder.estimator.\1.conv.block.3."),
-    (r"^estimator\.(blocks\.\d+)\.conv\.conv2\.", r"decoder.estimator.\1.conv.block.6."),
-    (r"^estimator\.(blocks\.\d+|final_layer)\.modulation\.", r"decoder.estimator.\1.adaLN_modulation.1."),
-    (r"^estimator\.", "decoder.estimator."),
-)
+_SLOTS = {"embed": r"embed|up_embed", "block": r"blocks\.\d+", "modulated": r"blocks\.\d+|final_layer"}
 
 
-def _apply_map(key: str, table: tuple[tuple[str, str], ...]) -> str:
+def _compile(src: str, dst: str) -> tuple[re.Pattern, str]:
+    """A template pair → (regex for `src`, replacement building `dst` from the same slots)."""
+    parts = re.split(r"\{(\w+)\}", src)  # literal, slot, literal, ...
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for i, p in enumerate(parts))
+    return re.compile("^" + pattern), re.sub(r"\{(\w+)\}", r"\\g<\1>", dst)
+
+
+_TO_MODEL = tuple(_compile(official, ours) for official, ours in _KEY_RENAMES)
+_TO_OFFICIAL = tuple(_compile(ours, official) for official, ours in _KEY_RENAMES)
+
+
+def _apply_map(key: str, table: tuple[tuple[re.Pattern, str], ...]) -> str:
     for pattern, repl in table:
-        new, n = re.subn(pattern, repl, key)
+        new, n = pattern.subn(repl, key, count=1)
         if n:
             return new
     return key
 
 
 def to_model_key(official: str) -> str:
-    return _apply_map(official, _KEY_MAP)
+    return _apply_map(official, _TO_MODEL)
 
 
 def to_official_key(ours: str) -> str:
-    return _apply_map(ours, _INVERSE_MAP)
+    return _apply_map(ours, _TO_OFFICIAL)
 
 
 def _short_list(keys: list[str], limit: int = 8) -> str:
