@@ -91,6 +91,21 @@ def test_two_minute_text_is_one_file_with_one_prompt_encoding(make_engine, strea
         assert names.count("flow_prime") == 1 and "flow_setup" not in names  # the prompt's flow side once
 
 
+def test_stream_without_a_kept_copy_holds_no_audio(make_engine):
+    eng = make_engine(segment_max_chars=40)
+    text = "The first part is here. A second part follows. A third part ends it all."
+    req = CloneRequest(speechlike(seed=5), "hello world", text, seed=2, sampling=SamplingConfig(max_new_tokens=20))
+    kept = eng.run(req)
+    chunks = []
+    fut = eng.submit(req, emit=chunks.append, keep_audio=False)
+    result = fut.result(timeout=600)
+    assert len(result.iterations) == 3 and result.audio.size == 0 and fut.job._joined == []
+    streamed = np.concatenate([c.samples for c in chunks])
+    assert streamed.size == kept.audio.size and result.duration_s == kept.duration_s
+    assert result.timeline["audio_s"] == kept.timeline["audio_s"]
+    assert [c.index for c in chunks] == list(range(len(chunks))) and chunks[-1].final
+
+
 def test_token_guard_caps_each_segment_by_its_own_text(make_engine):
     eng = make_engine(cache=False, segment_max_chars=60)
     text = " ".join(["A short one.", "This sentence is quite a lot longer than the first one was, by design."] * 4)

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ class LiteBackend:
             return base
 
     def _probe_embedding(self, table: np.ndarray) -> np.ndarray:
-        audio = self._render(self.g2p.pieces(matching.PROBE_TEXT), table, 1.0)
+        audio = np.concatenate([a for _, a in self._render(self.g2p.pieces(matching.PROBE_TEXT), table, 1.0)])
         return self.speaker.embed(audio, SAMPLE_RATE)
 
     def encode_voice(self, samples: np.ndarray, sample_rate: int, *, max_probes: int = matching.MAX_PROBES,
@@ -133,6 +134,13 @@ class LiteBackend:
     def synthesize(self, text: str, voice_enc: VoiceEncoding | None = None, *,
                    speed: float = 1.0) -> np.ndarray:
         """English text → mono float32 audio at 24 kHz in the given voice (default: the bundled default)."""
+        return np.concatenate([audio for _, audio in self.iter_synthesize(text, voice_enc, speed=speed)])
+
+    def iter_synthesize(self, text: str, voice_enc: VoiceEncoding | None = None, *,
+                        speed: float = 1.0) -> Iterator[tuple[str, np.ndarray]]:
+        """`synthesize` piece by piece, each rendered when asked for: (piece text, its audio with the
+        pause before it). Concatenated, the audio is `synthesize`'s. Bad input fails here, before any
+        piece is rendered."""
         if not isinstance(text, str) or not text.strip():
             raise ValidationError("text to synthesize is empty")
         lo, hi = kokoro.SPEED_RANGE
@@ -150,16 +158,15 @@ class LiteBackend:
             raise ValidationError(f"nothing pronounceable in text {text[:80]!r}")
         return self._render(pieces, table, speed)
 
-    def _render(self, pieces: list[str], table: np.ndarray, speed: float) -> np.ndarray:
+    def _render(self, pieces: list[str], table: np.ndarray, speed: float) -> Iterator[tuple[str, np.ndarray]]:
         vocab = self.g2p.vocab
-        chunks = [self.session.run(vocab.encode(p), table, speed) for p in pieces]
-        if len(chunks) == 1:
-            return chunks[0]
+        if len(pieces) == 1:  # one piece keeps its edges
+            yield pieces[0], self.session.run(vocab.encode(pieces[0]), table, speed)
+            return
         gap = np.zeros(int(PIECE_PAUSE_S * SAMPLE_RATE), np.float32)
-        out = []
-        for c in chunks:
-            out += [_trim_edges(c), gap]
-        return np.concatenate(out[:-1])
+        for k, piece in enumerate(pieces):
+            audio = _trim_edges(self.session.run(vocab.encode(piece), table, speed))
+            yield piece, (np.concatenate([gap, audio]) if k else audio)
 
     # --- edits --------------------------------------------------------------------------------
 

@@ -101,30 +101,17 @@ class LiteEngineBackend:
                            "lm_tokens": 0, "audio_s": job.output.size / self.sample_rate})
 
     def _stream_clone(self, job) -> np.ndarray:
-        """LiteBackend.synthesize piece by piece (its pieces, edge trims and pauses: the same audio),
-        feeding each piece to the job as soon as it is rendered."""
-        from editx.lite import backend as lite_backend
-        from editx.lite import kokoro
-
-        step, tl, lite = job.step, job.timeline, self.lite
-        pieces = [] if lite_backend._CJK.search(step.text) else lite.g2p.pieces(step.text)
-        lo, hi = kokoro.SPEED_RANGE
-        if len(pieces) <= 1 or not lo <= step.speed <= hi:  # one piece, or an error the whole call reports
-            with tl.stage("synthesize", chars=len(step.text), speed=step.speed):
-                audio = lite.synthesize(step.text, job.prompt, speed=step.speed)
-            job.feed(audio)
-            return audio
-        gap = np.zeros(int(lite_backend.PIECE_PAUSE_S * self.sample_rate), np.float32)
+        """LiteBackend.iter_synthesize: each piece goes to the job as soon as it is rendered (the
+        same audio as `synthesize`); a consumer that went away stops it before the next piece."""
+        step, tl = job.step, job.timeline
         out = []
-        for k, piece in enumerate(pieces):
-            job.check_cancelled()
-            with tl.stage("synthesize", chars=len(piece), speed=step.speed, piece=k):
-                audio = lite_backend._trim_edges(lite.session.run(lite.g2p.vocab.encode(piece), job.prompt.table,
-                                                                  step.speed))
-            if k:
-                audio = np.concatenate([gap, audio])
+        t0 = tl.elapsed()
+        for k, (piece, audio) in enumerate(self.lite.iter_synthesize(step.text, job.prompt, speed=step.speed)):
+            tl.add_stage("synthesize", t0, tl.elapsed() - t0, chars=len(piece), speed=step.speed, piece=k)
             job.feed(audio)
             out.append(audio)
+            job.check_cancelled()
+            t0 = tl.elapsed()
         return np.concatenate(out)
 
     def warmup(self) -> None:

@@ -122,13 +122,17 @@ class Engine:
     def run(self, request: Request, timeout: float | None = None) -> Result:
         return self.submit(request).result(timeout=timeout)
 
-    def submit(self, request: Request, emit: Callable[[AudioChunk], None] | None = None) -> Future:
-        """Queue a request; the Future resolves to a Result. Raises QueueFullError when full."""
+    def submit(self, request: Request, emit: Callable[[AudioChunk], None] | None = None, *,
+               keep_audio: bool = True) -> Future:
+        """Queue a request; the Future resolves to a Result. Raises QueueFullError when full.
+
+        `emit` receives the last step's audio as AudioChunks while it is made; with
+        `keep_audio=False` the Result then holds no copy of it (long streams in bounded memory)."""
         self.backend.check(request)  # reject unsupported work before it takes a queue slot
         gen = torch.Generator().manual_seed(request.seed if request.seed is not None else _fresh_seed())
         steps = plan_steps(request, native_speed=self.backend.native_speed)
         job = Job(request=request, steps=steps, timeline=Timeline(op=request.op), future=Future(), generator=gen,
-                  emit=emit)
+                  emit=emit, keep_audio=keep_audio or emit is None)
         job.current = job.source = request.prompt_audio if isinstance(request, CloneRequest) else request.audio
         job.future.job = job  # type: ignore[attr-defined]  # lets callers cancel
         if self._closed:
@@ -143,7 +147,7 @@ class Engine:
     def stream(self, request: Request) -> Iterator[AudioChunk]:
         """Yield audio chunks as they are produced; closing the iterator cancels the request."""
         chunks: queue.Queue = queue.Queue()
-        fut = self.submit(request, emit=chunks.put)
+        fut = self.submit(request, emit=chunks.put, keep_audio=False)
         fut.add_done_callback(lambda _f: chunks.put(_STOP))
         try:
             while True:
@@ -333,7 +337,7 @@ class Engine:
 
     def _finish(self, job: Job) -> None:
         audio = job.output
-        snap = job.timeline.finish(audio_s=audio.size / self.backend.sample_rate, lm_tokens=job.lm_tokens)
+        snap = job.timeline.finish(audio_s=job.output_samples / self.backend.sample_rate, lm_tokens=job.lm_tokens)
         timeline = snap.to_dict()
         result = Result(audio=audio, sample_rate=self.backend.sample_rate, timeline=timeline,
                         backend=self.backend.name, lm_tokens=job.lm_tokens, iterations=job.rounds)

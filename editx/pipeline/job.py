@@ -34,6 +34,7 @@ class Job:
     future: Future
     generator: torch.Generator
     emit: Callable[[AudioChunk], None] | None = None  # set for streaming requests
+    keep_audio: bool = True  # False: a streamed last step keeps no copy of its audio (memory stays bounded)
     cancelled: threading.Event = field(default_factory=threading.Event)
     iteration: int = 0
     current: PromptAudio | None = None  # the input of the current round (the whole clip, or a part of it)
@@ -51,6 +52,7 @@ class Job:
     fed: bool = False  # the backend already fed this round's audio (streamed it)
     flow_prime: tuple[Any, Any] | None = None  # (prompt encoding, the backend's streaming prime for it)
     chunks: int = 0  # AudioChunks emitted so far
+    emitted_samples: int = 0  # samples in those chunks
     _joiner: StreamJoiner | None = None
     _joined: list[np.ndarray] = field(default_factory=list)
 
@@ -92,10 +94,16 @@ class Job:
         return out
 
     def _out(self, samples: np.ndarray, final: bool = False) -> None:
-        if samples.size:
+        if samples.size and (self.keep_audio or not self.streaming):
             self._joined.append(samples)
         if self.streaming and (samples.size or final):
             if self.chunks == 0:
                 self.timeline.mark("first_audio")
             self.emit(AudioChunk(samples, self.sample_rate, index=self.chunks, final=final))
             self.chunks += 1
+            self.emitted_samples += samples.size
+
+    @property
+    def output_samples(self) -> int:
+        """Samples of the request's final output, kept or streamed away."""
+        return self.output.size if self.output is not None and self.output.size else self.emitted_samples

@@ -140,7 +140,10 @@ class AudioChunk:
 
 @dataclass(frozen=True)
 class Result:
-    """Output audio (24 kHz float32) plus the measured timeline of how it was made."""
+    """Output audio (24 kHz float32) plus the measured timeline of how it was made.
+
+    `audio` is empty for a request streamed with keep_audio=False (Engine.stream): its audio went to
+    the consumer chunk by chunk and nothing kept a copy; `duration_s` still says how long it was."""
 
     audio: np.ndarray
     sample_rate: int
@@ -151,7 +154,9 @@ class Result:
 
     @property
     def duration_s(self) -> float:
-        return self.audio.size / self.sample_rate
+        if self.audio.size:
+            return self.audio.size / self.sample_rate
+        return float(self.timeline.get("audio_s") or 0.0)
 
 
 @dataclass(frozen=True)
