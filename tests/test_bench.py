@@ -104,7 +104,8 @@ def series_report(tiny_model_dir, tmp_path_factory):
 
 
 def test_speech_text_is_whole_sentences_near_the_length():
-    from editx.bench import CHARS_PER_S, SENTENCES, speech_text
+    from editx.bench import SENTENCES
+    from editx.bench_stream import CHARS_PER_S, speech_text
 
     for secs in (1, 5, 60):
         text = speech_text(secs)
