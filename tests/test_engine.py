@@ -74,10 +74,15 @@ def test_concurrent_requests_batch_and_equal_serial(make_engine):
     reqs = [CloneRequest(speechlike(seed=10 + i), "prompt text", f"sentence number {i}", seed=100 + i)
             for i in range(3)]
     serial = [eng.run(r).audio for r in reqs]
+    gate = threading.Event()
+    eng._queue.put(("call", gate.wait, Future()))  # hold the worker so the three queue up together
     futures = [eng.submit(r) for r in reqs]  # queued together: decoded as one LM batch
+    seen = []
+    futures[0].add_done_callback(lambda _f: seen.append((futures[1].done(), futures[2].job.output is None)))
+    gate.set()
     batched = [f.result(timeout=120) for f in futures]
-    assert any(s["name"] == "lm_decode" and s.get("batch", 1) > 1
-               for r in batched for s in r.timeline["stages"])
+    assert all(s.get("batch") == 3 for r in batched for s in r.timeline["stages"] if s["name"] == "lm_decode")
+    assert seen == [(False, True)]  # the first is settled before the last one's flow and vocoder even ran
     for a, b in zip(serial, batched):
         assert np.array_equal(a, b.audio)
 

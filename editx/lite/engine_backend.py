@@ -77,7 +77,8 @@ class LiteEngineBackend:
         meta = {k: v for k, v in entry.meta.items() if k != "kind"}
         return VoiceEncoding.from_tensors(entry.tensors, meta)
 
-    def run_round(self, jobs) -> None:
+    def run_round(self, jobs, done=None) -> None:
+        """One job after the other; `done(job)` as each finishes, so the Engine settles it at once."""
         for job in jobs:
             try:
                 job.check_cancelled()
@@ -85,6 +86,8 @@ class LiteEngineBackend:
             except Exception as exc:  # noqa: BLE001 - fail this job only
                 if not job.future.done():
                     job.future.set_exception(exc)
+            if done is not None:
+                done(job)
 
     def _run(self, job) -> None:
         step, tl = job.step, job.timeline

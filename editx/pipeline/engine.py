@@ -60,7 +60,7 @@ class Backend(Protocol):
     def check(self, request: Request) -> None: ...
     def needs_prompt(self, step: Step) -> bool: ...
     def encode_prompt(self, audio: PromptAudio, timeline: Timeline | None = None) -> Any: ...
-    def run_round(self, jobs: list[Job]) -> None: ...
+    def run_round(self, jobs: list[Job], done: Callable[[Job], None]) -> None: ...
     def warmup(self) -> None: ...
 
 
@@ -268,37 +268,50 @@ class Engine:
                 _fail(job, exc)
         if not ready:
             return []
+        remaining: list[Job] = []
+        settled: set[int] = set()
+
+        def done(job: Job) -> None:  # the backend calls this as soon as a job's round is over
+            if id(job) not in settled:
+                settled.add(id(job))
+                if self._advance(job):
+                    remaining.append(job)
+
         try:
-            self.backend.run_round(ready)
+            self.backend.run_round(ready, done)
         except BaseException as exc:  # noqa: BLE001
             log.exception("backend round failed") if not isinstance(exc, EditxError) else None
             for job in ready:
-                _fail(job, exc)
-            return []
-        remaining = []
+                if id(job) not in settled:
+                    _fail(job, exc)
+            return remaining
         for job in ready:
-            if job.future.done():  # the backend failed or cancelled this one alone
-                continue
-            try:
-                job.end_part()
-                if job.part + 1 < len(job.parts):  # the next text segment or clip part of this step
-                    job.part += 1
-                    self._enter_part(job)
-                    remaining.append(job)
-                    continue
-                job.output = job.end_step()
-            except BaseException as exc:  # noqa: BLE001
-                _fail(job, exc)
-                continue
-            job.iteration += 1
-            job.parts = None
-            if job.iteration < len(job.steps):
-                job.current = job.source = PromptAudio(job.output, self.backend.sample_rate)
-                job.prompt = None
-                remaining.append(job)
-            else:
-                self._finish(job)
+            done(job)
         return remaining
+
+    def _advance(self, job: Job) -> bool:
+        """After a round: close the part (and the step), settle a finished request; True when the job
+        has another round to run (the next part, or the next step)."""
+        if job.future.done():  # the backend failed or cancelled this one alone
+            return False
+        try:
+            job.end_part()
+            if job.part + 1 < len(job.parts):  # the next text segment or clip part of this step
+                job.part += 1
+                self._enter_part(job)
+                return True
+            job.output = job.end_step()
+        except BaseException as exc:  # noqa: BLE001
+            _fail(job, exc)
+            return False
+        job.iteration += 1
+        job.parts = None
+        if job.iteration < len(job.steps):
+            job.current = job.source = PromptAudio(job.output, self.backend.sample_rate)
+            job.prompt = None
+            return True
+        self._finish(job)
+        return False
 
     def _plan_parts(self, job: Job) -> None:
         from editx.pipeline.longform import plan_parts

@@ -112,7 +112,9 @@ class StepAudioBackend:
                                          audio_text=step.text, audio_tokens_str=mixed_to_string(job.prompt.mixed),
                                          new_text=step.new_text)
 
-    def run_round(self, jobs) -> None:
+    def run_round(self, jobs, done=None) -> None:
+        """One LM batch for all jobs, then flow + vocoder per job; `done(job)` as each one's audio is
+        ready, so the Engine settles it without waiting for the rest of the batch."""
         prompts, prefixes = zip(*(self._lm_prompt(job) for job in jobs))
         outputs = self._generate(jobs, list(prompts), list(prefixes))
         for job, ids in zip(jobs, outputs):
@@ -123,6 +125,8 @@ class StepAudioBackend:
             except Exception as exc:  # noqa: BLE001 - fail this job only
                 if not job.future.done():
                     job.future.set_exception(exc)
+            if done is not None:
+                done(job)
 
     def _lm_prompt(self, job) -> tuple[list[int], tuple[list[int], object] | None]:
         """The job's LM prompt, and for clones the voice prefix with its cached KV snapshot (or None)."""
