@@ -36,7 +36,8 @@ _BOOL = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false"
 _INT_KEYS = ("threads", "onnx_threads", "flow_steps", "max_batch")
 _STR_KEYS = ("lm_loop", "dtype", "device", "backend")
 _SAMPLING_KEYS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float}
-OVERRIDE_KEYS = ("cache", "warmup", "quantize") + _INT_KEYS + _STR_KEYS + tuple(_SAMPLING_KEYS)
+_BOOL_KEYS = ("cache", "warmup", "stream_prime")
+OVERRIDE_KEYS = _BOOL_KEYS + ("quantize",) + _INT_KEYS + _STR_KEYS + tuple(_SAMPLING_KEYS)
 
 
 def parse_overrides(spec: str) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def parse_overrides(spec: str) -> dict[str, Any]:
             continue
         key, value = (s.strip() for s in item.split("=", 1))
         key = key.replace("-", "_")
-        if key in ("cache", "warmup"):
+        if key in _BOOL_KEYS:
             if value.lower() not in _BOOL:
                 raise ValidationError(f"{key} must be on or off, got {value!r}")
             out[key] = _BOOL[value.lower()]
@@ -366,7 +367,8 @@ def run(args: argparse.Namespace) -> int:
         if stream_texts:
             from editx.bench_stream import run_stream_texts
 
-            report["stream_texts"] = run_stream_texts(pool, main_arm, reqs, _csv_numbers(stream_texts),
+            arms = [a for a in pool.arms if a is not main_arm] + [main_arm]  # A/B: both arms, point by point
+            report["stream_texts"] = run_stream_texts(pool, arms, reqs, _csv_numbers(stream_texts),
                                                       runs=max(1, args.stream_text_runs), fixture=bool(fixture))
         if sweeps:
             report["sweeps"] = run_sweeps(args, pool, main_arm, reqs, sorted(sweeps))

@@ -8,7 +8,7 @@ JSON schema `editx.bench` version 1 (keys only ever added within a version):
   ab[{op, a, b, order, pairs[{index, cold, a_total_s, b_total_s, ratio}], runs_a, runs_b,
       summary_a, summary_b, ratio_median_warm, ratio_cold}],
   stream{arm, op, runs[run], summary} | null   (warm streamed runs: ttfa_s; their stages overlap),
-  stream_texts[{seconds, chars, segments, runs, ttfa_s, stream_total_s, offline_total_s, audio_s,
+  stream_texts[{arm, main, seconds, chars, segments, runs, ttfa_s, stream_total_s, offline_total_s, audio_s,
       ttfa_fraction, first_stages{stage: s before the first audio}, streamed_runs[run], offline_runs[run]}],
   sweeps{name: [{value, requests, wall_s, audio_s, throughput, latency_p50_s, latency_p90_s, ...}]},
   lm{...editx.lm.throughput.compare()} | null, load{...} | null, targets[{name, goal, measured, threshold,
@@ -134,7 +134,7 @@ def evaluate_targets(report: dict) -> list[dict[str, Any]]:
     stream = report.get("stream")
     offline = stream and next((s for s in report.get("series") or () if s["arm"] == stream["arm"]
                                and s["op"] == stream["op"]), None)
-    points = sorted((p for p in report.get("stream_texts") or () if p["ttfa_s"] is not None),
+    points = sorted((p for p in report.get("stream_texts") or () if p["ttfa_s"] is not None and p.get("main", True)),
                     key=lambda p: p["seconds"])
     if points and points[0]["ttfa_fraction"] is not None:
         p = points[0]
@@ -226,11 +226,11 @@ def markdown(report: dict) -> str:
                 f"{_f(_median(warm['total_s']))} s (streamed stages may overlap each other)", ""]
     if points := report.get("stream_texts"):
         out += ["## time to first audio vs full latency, by text length (medians)", "",
-                "| text | chars | segments | audio s | first audio s | streamed total s | offline total s | "
-                "first / offline | before first audio |", "|---|---|---|---|---|---|---|---|---|"]
+                "| text | arm | chars | segments | audio s | first audio s | streamed total s | offline total s | "
+                "first / offline | before first audio |", "|---|---|---|---|---|---|---|---|---|---|"]
         for p in points:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(p["first_stages"].items(), key=lambda kv: -kv[1]))
-            out.append(f"| {p['seconds']:g} s | {p['chars']} | {p['segments']} | {_f(p['audio_s'], '.1f')} | "
+            out.append(f"| {p['seconds']:g} s | {p.get('arm', '-')} | {p['chars']} | {p['segments']} | {_f(p['audio_s'], '.1f')} | "
                        f"{_f(p['ttfa_s'], '.2f')} | {_f(p['stream_total_s'], '.2f')} | "
                        f"{_f(p['offline_total_s'], '.2f')} | {_f(p['ttfa_fraction'])} | {parts} |")
         out.append("")

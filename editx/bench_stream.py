@@ -34,8 +34,10 @@ def speech_text(seconds: float) -> str:
     return " ".join(words).rstrip(",.;:") + "."
 
 
-def run_stream_texts(pool, arm, reqs: Requests, seconds: list[float], *, runs: int, fixture: bool) -> list[dict]:
-    """Per text length: streamed then offline, `runs` times, on a warm voice; TTFA vs full latency.
+def run_stream_texts(pool, arms: list, reqs: Requests, seconds: list[float], *, runs: int,
+                     fixture: bool) -> list[dict]:
+    """Per text length and arm: streamed then offline, `runs` times, on a warm voice; TTFA vs full
+    latency. The last arm is the main one (its points carry `main: True` and feed the targets).
 
     Random fixture weights rarely choose EOS, so on a fixture (or whenever a token cap is set) each
     segment's LM output is capped at the tokens its text takes to say (max_tokens_per_char) instead of
@@ -43,22 +45,27 @@ def run_stream_texts(pool, arm, reqs: Requests, seconds: list[float], *, runs: i
     """
     from editx.bench_runs import measure
 
-    sampling = None
-    if fixture or arm.config.sampling.max_new_tokens is not None:
-        sampling = replace(arm.config.sampling, max_new_tokens=None, max_tokens_per_char=TOKENS_PER_S / CHARS_PER_S)
     texts = [(secs, speech_text(secs)) for secs in seconds]
-    # the voice is warm for every point: prompt encoding, LM voice prefix and streaming prime cached
-    measure(pool, arm, reqs.make("clone", 0, text=texts[0][1], sampling=sampling), stream=True)
+    sampling = {}
+    for arm in arms:
+        sampling[arm.name] = None
+        if fixture or arm.config.sampling.max_new_tokens is not None:
+            sampling[arm.name] = replace(arm.config.sampling, max_new_tokens=None,
+                                         max_tokens_per_char=TOKENS_PER_S / CHARS_PER_S)
+        # the voice is warm for every point: prompt encoding, LM voice prefix and streaming prime cached
+        measure(pool, arm, reqs.make("clone", 0, text=texts[0][1], sampling=sampling[arm.name]), stream=True)
     out = []
     for secs, text in texts:
-        pairs = []
-        for _ in range(runs):
-            req = reqs.make("clone", 0, text=text, sampling=sampling)
-            streamed, offline = measure(pool, arm, req, stream=True), measure(pool, arm, req)
-            pairs.append((streamed, offline))
-            log.info("bench stream text", extra={"seconds": secs, "ttfa_s": round(streamed["ttfa_s"] or 0, 3),
-                                                 "offline_s": round(offline["total_s"], 3)})
-        out.append(_stream_text_point(secs, text, pairs))
+        for arm in arms:
+            pairs = []
+            for _ in range(runs):
+                req = reqs.make("clone", 0, text=text, sampling=sampling[arm.name])
+                streamed, offline = measure(pool, arm, req, stream=True), measure(pool, arm, req)
+                pairs.append((streamed, offline))
+                log.info("bench stream text", extra={"arm": arm.name, "seconds": secs,
+                                                     "ttfa_s": round(streamed["ttfa_s"] or 0, 3),
+                                                     "offline_s": round(offline["total_s"], 3)})
+            out.append({"arm": arm.name, "main": arm is arms[-1], **_stream_text_point(secs, text, pairs)})
     return out
 
 

@@ -27,6 +27,7 @@ def test_parse_overrides_and_profiles():
     assert bench.parse_overrides("cache=off, lm_loop=naive,threads=2") == {"cache": False, "lm_loop": "naive",
                                                                            "threads": 2}
     assert bench.parse_overrides("quantize=int8") == {"quantize": "int8"}
+    assert bench.parse_overrides("stream_prime=off") == {"stream_prime": False}
     assert bench.parse_overrides("quantize=none,flow_steps=5") == {"quantize": None, "flow_steps": 5}
     assert bench.parse_overrides("baseline") == {"cache": False, "lm_loop": "naive", "warmup": False}
     assert bench.parse_overrides("baseline,flow-steps=5")["flow_steps"] == 5
@@ -279,3 +280,14 @@ def test_engine_naive_loop_gives_the_same_clone(make_engine, one_thread):
     assert out["naive"].lm_tokens == out["session"].lm_tokens > 0
     assert any(s["name"] == "lm_generate" for s in out["naive"].timeline["stages"])
     np.testing.assert_allclose(out["naive"].audio, out["session"].audio, atol=1e-5)
+
+
+def test_stream_texts_ab_runs_both_arms_point_by_point(tiny_model_dir, tmp_path):
+    r = _bench(tmp_path, tiny_model_dir, "--a", "stream_prime=off", "--b", "stream_prime=on", "--ops", "",
+               "--stream-runs", "0", "--stream-texts", "2")
+    assert r["ab"] == [] and [(p["arm"], p["main"]) for p in r["stream_texts"]] == [("A", False), ("B", True)]
+    per_request, primed = (p["streamed_runs"][0]["timeline"] for p in r["stream_texts"])
+    assert "flow_setup" in {s["name"] for s in per_request["stages"]} and "flow_prime" not in per_request["cache"]
+    assert "flow_setup" not in {s["name"] for s in primed["stages"]} and primed["cache"]["flow_prime"] == "memory"
+    targets = {t["name"]: t for t in r["targets"]}
+    assert targets["ttfa"]["measured"] == r["stream_texts"][1]["ttfa_fraction"]  # the main arm's point
