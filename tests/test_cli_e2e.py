@@ -73,10 +73,13 @@ def test_stream_a_text_file_in_segments(tiny_model_dir, tmp_path):
     r = run("clone", "--model-dir", str(tiny_model_dir), "--prompt-audio", str(ref), "--prompt-text", "hello",
             "--text-file", str(text), "-o", str(tmp_path / "s.wav"), "--seed", "1", "--threads", "1", "--stream",
             "--stream-chunk-rows", "6,12", "--segment-max-chars", "30", "--no-warmup",
-            "--cache-dir", str(tmp_path / "c"))
+            "--cache-dir", str(tmp_path / "c"), "--timeline-json", str(tmp_path / "tl.json"))
     assert r.returncode == 0, r.stderr
     assert "first audio after" in r.stdout and "streamed" in r.stdout
     info = sf.info(tmp_path / "s.wav")
     assert info.samplerate == 24000 and info.frames > 0
+    tl = json.loads((tmp_path / "tl.json").read_text())
+    assert 0 < tl["ttfa_s"] <= tl["total_s"] and tl["audio_s"] == info.frames / 24000
+    assert [s["name"] for s in tl["stages"]].count("lm_prefill") == 3  # one per sentence segment
     r = run("clone", "--text-file", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "x.wav"))
     assert r.returncode == 2 and "cannot read --text-file" in r.stderr and "Traceback" not in r.stderr
