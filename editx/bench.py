@@ -193,32 +193,6 @@ def base_config(args):
     return config, fixture
 
 
-def machine_info(config) -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    from editx.config import resolve_device
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    device = resolve_device(config.device)
-    try:
-        from importlib.metadata import version
-
-        editx_version = version("editx")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        editx_version = None
-    threads = config.threads or torch.get_num_threads()  # the bench sets config.threads before each run
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": threads,
-            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "python": platform.python_version(), "platform": platform.platform(), "editx": editx_version}
-
-
 class Requests:
     """Builds the bench's requests: one op (clone or an edit type) at a given index (seed = seed + i)."""
 
@@ -326,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     pool = bench_runs.ArmPool(workdir)
     report: dict[str, Any] = {
         "schema": report_mod.SCHEMA, "schema_version": report_mod.SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": report_mod.machine_info(config),
         "config": {"model_dir": str(config.model_dir) if config.model_dir else None, "backend": config.backend,
                    "fixture": fixture, "max_new_tokens": config.sampling.max_new_tokens, "text": args.text,
                    "prompt_audio": str(prompt_path), "prompt_s": reqs.prompt.duration_s, "runs": args.runs,

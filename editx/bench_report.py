@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,33 @@ def evaluate_targets(report: dict) -> list[dict[str, Any]]:
                        1.3, lambda v: v <= 1.3, "RSS growth during load / bytes of the loaded weights (at the "
                                                 "run dtype) + ONNX files"))
     return out
+
+
+def machine_info(config) -> dict[str, Any]:
+    """The `machine` section: CPU, cores, torch, threads, device and GPU, Python, platform, editx."""
+    import platform
+
+    import torch
+
+    from editx.config import resolve_device
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    device = resolve_device(config.device)
+    try:
+        from importlib.metadata import version
+
+        editx_version = version("editx")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        editx_version = None
+    threads = config.threads or torch.get_num_threads()  # the bench sets config.threads before each run
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": threads,
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "python": platform.python_version(), "platform": platform.platform(), "editx": editx_version}
 
 
 # ---- writers ------------------------------------------------------------------------------------------
