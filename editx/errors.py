@@ -33,3 +33,11 @@ class QueueFullError(EditxError):
 
 class CancelledError(EditxError):
     """The request was cancelled by its caller before it finished."""
+
+
+def name_some(items: list[str], limit: int = 8) -> str:
+    """`items` for an error message: the first `limit` of them, then how many more ("none" if empty)."""
+    if not items:
+        return "none"
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

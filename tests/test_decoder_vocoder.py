@@ -11,15 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from editx.decoder.speaker import SPEAKER_DIM, SpeakerEncoder, campplus_features
-from editx.decoder.vocoder import (
-    STREAM_MEL_CACHE,
-    HiFTConfig,
-    HiFTGenerator,
-    VocoderStream,
-    fold_weight_norm,
-    load_hift,
-    vocode_chunk,
-)
+from editx.decoder.streaming import VocoderStream, vocode_chunk
+from editx.decoder.vocoder import STREAM_MEL_CACHE, HiFTConfig, HiFTGenerator, fold_weight_norm, load_hift
 from editx.errors import AudioError, ModelFilesError, ValidationError
 from editx.fixtures.vocoder import hift_state_dict, hift_yaml_section, write_vocoder
 

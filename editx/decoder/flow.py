@@ -21,7 +21,7 @@ from torch import nn
 from editx.decoder.config import FlowConfig
 from editx.decoder.conformer import TokenEncoder
 from editx.decoder.dit import DiT
-from editx.errors import ModelFilesError, ValidationError
+from editx.errors import ModelFilesError, ValidationError, name_some
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +190,6 @@ def to_official_key(ours: str) -> str:
     return _apply_map(ours, _TO_OFFICIAL)
 
 
-def _short_list(keys: list[str], limit: int = 8) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, source: str = FLOW_FILE) -> None:
     """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly."""
     expected = dict(model.state_dict(keep_vars=True))
@@ -210,15 +205,15 @@ def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, sou
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
+            parts.append(f"missing keys: {name_some(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_short_list(unexpected)}")
+            parts.append(f"unexpected keys: {name_some(unexpected)}")
         raise ModelFilesError(f"{source} does not match cosyvoice.yaml's flow ({'; '.join(parts)}); "
                               "use the flow.pt and cosyvoice.yaml from the same CosyVoice-300M-25Hz folder")
     wrong = [f"{to_official_key(k)} {tuple(t.shape)} (config wants {tuple(expected[k].shape)})"
              for k, t in mapped.items() if t.shape != expected[k].shape]
     if wrong:
-        raise ModelFilesError(f"{source} tensor shapes disagree with cosyvoice.yaml: {_short_list(wrong, 4)}")
+        raise ModelFilesError(f"{source} tensor shapes disagree with cosyvoice.yaml: {name_some(wrong, 4)}")
     model.load_state_dict(mapped, strict=True, assign=True)
 
 

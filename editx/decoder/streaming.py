@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from editx.decoder.conformer import EncoderCache
 from editx.decoder.flow import CosyVoiceFlow, cosine_t_span
 from editx.decoder.tokens import GROUP, ROWS_PER_GROUP
+from editx.decoder.vocoder import STREAM_MEL_CACHE, HiFTGenerator
 from editx.errors import ValidationError
 
 NOISE_MODES = ("offline", "upstream")
@@ -222,6 +223,40 @@ def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, l
     return x[0, :, held:], FlowCache(enc, conv, att, cache.spk, p)
 
 
+@dataclass(frozen=True)
+class VocoderStream:
+    """What one vocoded chunk hands to the next (cli/cosyvoice.py `hift_cache_dict`): the last
+    STREAM_MEL_CACHE mel frames, their excitation and their not-yet-emitted audio."""
+
+    mel: torch.Tensor  # (B, 80, <=8)
+    source: torch.Tensor  # (B, 1, <=8*samples_per_frame)
+    speech: torch.Tensor  # (B, <=8*samples_per_frame)
+
+    @classmethod
+    def start(cls, batch: int = 1, n_mels: int = 80, device: torch.device | str = "cpu") -> VocoderStream:
+        empty = torch.zeros(batch, 0, device=device)
+        return cls(torch.zeros(batch, n_mels, 0, device=device), empty[:, None], empty)
+
+
+@torch.inference_mode()
+def vocode_chunk(hift: HiFTGenerator, mel: torch.Tensor, state: VocoderStream, *, last: bool,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, VocoderStream]:
+    """Vocode the next mel chunk (B, 80, t) of a stream; returns (new audio (B, n), next state).
+
+    The chunk is vocoded together with the carried mel frames, re-using their excitation; the overlap
+    is cross-faded with a Hamming window and the tail is held back until the next chunk (or `last`).
+    """
+    overlap = STREAM_MEL_CACHE * hift.cfg.samples_per_frame
+    mel = torch.cat([state.mel.to(mel), mel], dim=2)
+    speech, source = hift.inference_with_source(mel, state.source, generator)
+    if state.speech.shape[-1] > 0:
+        n = state.speech.shape[-1]
+        head = speech[:, :n] * hift.stream_window[:n] + state.speech * hift.stream_window[-n:]
+        speech = torch.cat([head, speech[:, n:]], dim=1)
+    nxt = VocoderStream(mel[..., -STREAM_MEL_CACHE:], source[..., -overlap:], speech[:, -overlap:])
+    return (speech if last else speech[:, :-overlap]), nxt
+
+
 def _no_stage(_name, **_attrs):  # the default `stage`: times nothing
     class _Null:
         def __enter__(self):
@@ -245,8 +280,6 @@ class DecoderStream:
                  n_steps: int = 10, chunk_rows: Iterable[int] = STREAM_CHUNK_ROWS,
                  generator: torch.Generator | None = None, noise: str = "offline",
                  stage: Callable = _no_stage, prime: StreamPrime | None = None) -> None:
-        from editx.decoder.vocoder import VocoderStream
-
         if noise not in NOISE_MODES:
             raise ValidationError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         self.decoder, self.flow, self.noise = decoder, decoder.flow, noise
@@ -312,8 +345,6 @@ class DecoderStream:
                                     n_steps=self.n_steps)
 
     def _chunk(self, ids: list[int], *, last: bool) -> np.ndarray:
-        from editx.decoder.vocoder import vocode_chunk
-
         tokens = self.decoder.flow_tokens(np.asarray(ids, dtype=np.int64))
         rows = tokens.shape[0] - (0 if last else self.flow.cfg.encoder.pre_lookahead_len)
         held, self._held = self._held, None
@@ -340,4 +371,5 @@ class DecoderStream:
 
 
 __all__ = ["DIT_LEFT_CONTEXT", "NOISE_MODES", "STREAM_CHUNK_ROWS", "DecoderStream", "FlowCache", "StreamPrime",
-           "check_chunk_rows", "flow_chunk", "flow_prime", "flow_setup", "mixed_for_rows", "solve_euler_chunk"]
+           "VocoderStream", "check_chunk_rows", "flow_chunk", "flow_prime", "flow_setup", "mixed_for_rows",
+           "solve_euler_chunk", "vocode_chunk"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from editx.errors import ModelFilesError, ValidationError
+from editx.errors import ModelFilesError, ValidationError, name_some
 
 log = logging.getLogger(__name__)
 
@@ -314,40 +314,6 @@ class HiFTGenerator(nn.Module):
                                   f"got {tuple(mel.shape)}")
 
 
-@dataclass(frozen=True)
-class VocoderStream:
-    """What one vocoded chunk hands to the next (cli/cosyvoice.py `hift_cache_dict`): the last
-    STREAM_MEL_CACHE mel frames, their excitation and their not-yet-emitted audio."""
-
-    mel: torch.Tensor  # (B, 80, <=8)
-    source: torch.Tensor  # (B, 1, <=8*samples_per_frame)
-    speech: torch.Tensor  # (B, <=8*samples_per_frame)
-
-    @classmethod
-    def start(cls, batch: int = 1, n_mels: int = 80, device: torch.device | str = "cpu") -> VocoderStream:
-        empty = torch.zeros(batch, 0, device=device)
-        return cls(torch.zeros(batch, n_mels, 0, device=device), empty[:, None], empty)
-
-
-@torch.inference_mode()
-def vocode_chunk(hift: HiFTGenerator, mel: torch.Tensor, state: VocoderStream, *, last: bool,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, VocoderStream]:
-    """Vocode the next mel chunk (B, 80, t) of a stream; returns (new audio (B, n), next state).
-
-    The chunk is vocoded together with the carried mel frames, re-using their excitation; the overlap
-    is cross-faded with a Hamming window and the tail is held back until the next chunk (or `last`).
-    """
-    overlap = STREAM_MEL_CACHE * hift.cfg.samples_per_frame
-    mel = torch.cat([state.mel.to(mel), mel], dim=2)
-    speech, source = hift.inference_with_source(mel, state.source, generator)
-    if state.speech.shape[-1] > 0:
-        n = state.speech.shape[-1]
-        head = speech[:, :n] * hift.stream_window[:n] + state.speech * hift.stream_window[-n:]
-        speech = torch.cat([head, speech[:, n:]], dim=1)
-    nxt = VocoderStream(mel[..., -STREAM_MEL_CACHE:], source[..., -overlap:], speech[:, -overlap:])
-    return (speech if last else speech[:, :-overlap]), nxt
-
-
 _WN_SUFFIXES = {  # official weight-norm encodings -> (magnitude g, direction v)
     "parametrizations": (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
     "legacy": (".weight_g", ".weight_v"),
@@ -389,11 +355,11 @@ def load_hift(path: str | Path, config: HiFTConfig, *, device: torch.device | st
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ModelFilesError(f"{path} does not match the hift section of cosyvoice.yaml: "
-                              f"missing keys {_show(missing)}; unexpected keys {_show(unexpected)}")
+                              f"missing keys {name_some(missing)}; unexpected keys {name_some(unexpected)}")
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
-        raise ModelFilesError(f"{path}: tensor shapes differ from the hift config: {_show(wrong)}")
+        raise ModelFilesError(f"{path}: tensor shapes differ from the hift config: {name_some(wrong)}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     model.init_constants(device)
     model = model.to(device=device, dtype=dtype).eval()
@@ -403,9 +369,3 @@ def load_hift(path: str | Path, config: HiFTConfig, *, device: torch.device | st
     log.debug("loaded HiFT from %s (%d tensors, %s, %s)", path, len(expected), device, dtype)
     return model
 
-
-def _show(items: list[str], limit: int = 8) -> str:
-    if not items:
-        return "none"
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
