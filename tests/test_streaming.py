@@ -250,6 +250,27 @@ def test_voice_prime_is_cached_and_matches_the_per_request_setup(make_engine):
 
 
 @pytest.mark.slow
+def test_a_stream_that_cannot_start_fails_alone(make_engine, monkeypatch):
+    import threading
+    from concurrent.futures import Future
+
+    eng = make_engine(cache=False)
+
+    def broken(*_a, **_k):
+        raise MemoryError("no room for the prime")
+
+    monkeypatch.setattr(eng.backend.decoder, "prime_stream", broken)
+    gate = threading.Event()
+    eng._queue.put(("call", gate.wait, Future()))  # hold the worker: both requests go in one round
+    streamed = eng.submit(_stream_request(), emit=lambda _c: None)
+    offline = eng.submit(_stream_request(seed=1))
+    gate.set()
+    with pytest.raises(MemoryError, match="prime"):
+        streamed.result(timeout=300)
+    assert offline.result(timeout=300).audio.size > 0  # its batch mate is unaffected
+
+
+@pytest.mark.slow
 def test_iterated_request_streams_only_its_last_round(make_engine):
     from conftest import speechlike
 

@@ -170,9 +170,17 @@ class StepAudioBackend:
         owner: dict[int, int] = {}
         results: list[list[int] | None] = [None] * len(jobs)
         hit_prefix = [False] * len(jobs)
-        streams = {i: self._open_stream(job) for i, job in enumerate(jobs) if job.streaming}
+        streams = {}
+        for i, job in enumerate(jobs):
+            if job.streaming:
+                try:
+                    streams[i] = self._open_stream(job)
+                except Exception as exc:  # noqa: BLE001 - fail this job only, before it takes a slot
+                    job.future.set_exception(exc)
         streamed: dict[int, list[np.ndarray]] = {i: [] for i in streams}
         for i, (job, prompt, pre) in enumerate(zip(jobs, prompts, prefixes)):
+            if job.future.done():
+                continue
             sampling = self._sampling(job)
             snap = pre[1] if pre is not None else None
             hit_prefix[i] = snap is not None
