@@ -12,6 +12,7 @@ from conftest import speechlike
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from editx.errors import ValidationError  # noqa: E402
 from editx.server.app import create_app  # noqa: E402
 from editx.server.settings import ServerSettings  # noqa: E402
 
@@ -98,6 +99,21 @@ def test_streaming_wav_and_sse(client):
     assert events[-1]["type"] == "speech.audio.done"
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
     assert pcm == body[44:]  # same seed, same audio as the chunked WAV
+
+
+@pytest.mark.parametrize("exc,message", [(MemoryError("out of memory"), "internal error (see the server log)"),
+                                         (ValidationError("prompt too odd"), "prompt too odd")])
+def test_sse_stream_that_fails_ends_with_an_error_event(client, monkeypatch, exc, message):
+    vid = register(client)
+
+    def broken(*_a, **_k):
+        raise exc
+
+    monkeypatch.setattr(client.app.state.holder.engine.backend.decoder, "prime_stream", broken)
+    r = client.post("/v1/audio/speech", json={"input": "stream me", "voice": vid, "stream_format": "sse"})
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and events[-1]["type"] == "error"
+    assert events[-1]["error"]["message"] == message and "Traceback" not in r.text
 
 
 def test_edits_multipart_and_json(client):

@@ -69,6 +69,15 @@ def error_response(status: int, message: str, code: str, headers: dict | None = 
                         headers=headers)
 
 
+def error_body(exc: BaseException) -> tuple[int, dict]:
+    """(status, OpenAI-style error object) for any exception: EditxError messages are meant for
+    users; anything else is an internal error whose details stay in the server log."""
+    if isinstance(exc, EditxError):
+        status, code = _status_for(exc)
+        return status, {"message": str(exc), "type": code, "code": status}
+    return 500, {"message": "internal error (see the server log)", "type": "internal_error", "code": 500}
+
+
 def _status_for(exc: EditxError) -> tuple[int, str]:
     if isinstance(exc, UnknownVoiceError):
         return 404, "not_found"
@@ -150,10 +159,10 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
 
     @app.exception_handler(EditxError)
     async def _editx_error(_request: Request, exc: EditxError):
-        status, code = _status_for(exc)
+        status, error = error_body(exc)
         retry = isinstance(exc, (QueueFullError, StoreUnavailableError))
         headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if retry else None
-        return error_response(status, str(exc), code, headers)
+        return JSONResponse({"error": error}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from editx.config import SamplingConfig
 from editx.errors import ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
-from editx.server.app import await_job, engine_of, timeline_header
+from editx.server.app import await_job, engine_of, error_body, timeline_header
 from editx.server.schemas import EditJSONRequest, SpeechRequest
 
 router = APIRouter(tags=["audio"])
@@ -91,7 +91,15 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
             if stream_format == "audio" and fmt == "wav":
                 yield wav_header(engine.backend.sample_rate)
             while True:
-                chunk = await run_in_threadpool(next, chunks, sentinel)
+                try:
+                    chunk = await run_in_threadpool(next, chunks, sentinel)
+                except Exception as exc:
+                    if stream_format != "sse":
+                        raise  # the connection ends without its last chunk: the client sees a cut stream
+                    # the response already started: the error travels as the stream's last event
+                    _status, error = error_body(exc)
+                    yield f"data: {json.dumps({'type': 'error', 'error': error})}\n\n".encode()
+                    return
                 if chunk is sentinel:
                     break
                 pcm = (np.clip(chunk.samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
