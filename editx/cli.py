@@ -88,34 +88,25 @@ def _write_result(result, out: Path, timeline_json: Path | None) -> None:
 
 
 def _stream_to_file(engine, request, out: Path, timeline_json: Path | None = None) -> None:
-    import queue
     import time
 
     import numpy as np
 
     from editx.audio.io import wav_header
 
-    chunks: queue.Queue = queue.Queue()
     t0, first, n = time.perf_counter(), None, 0
-    with open(out, "wb") as fh:
+    with open(out, "wb") as fh, engine.stream(request) as chunks:  # an interrupt cancels the request
         fh.write(wav_header(engine.backend.sample_rate))
-        fut = engine.submit(request, emit=chunks.put, keep_audio=False)
-        fut.add_done_callback(lambda _f: chunks.put(None))
-        try:
-            while (chunk := chunks.get()) is not None:
-                if first is None:
-                    first = time.perf_counter() - t0
-                    print(f"first audio after {first:.3f} s", flush=True)
-                fh.write((np.clip(chunk.samples, -1, 1) * 32767).astype("<i2").tobytes())
-                n += chunk.samples.size
-            result = fut.result()  # the request's error, if any
-        finally:
-            if not fut.done():
-                engine.cancel(fut)  # interrupted: stop the work at the next token
+        for chunk in chunks:
+            if first is None:
+                first = time.perf_counter() - t0
+                print(f"first audio after {first:.3f} s", flush=True)
+            fh.write((np.clip(chunk.samples, -1, 1) * 32767).astype("<i2").tobytes())
+            n += chunk.samples.size
     _fix_wav_sizes(out)
     print(f"wrote {out} ({n / engine.backend.sample_rate:.2f} s streamed, total {time.perf_counter() - t0:.2f} s)")
     if timeline_json:
-        timeline_json.write_text(json.dumps(result.timeline, indent=2))
+        timeline_json.write_text(json.dumps(chunks.result.timeline, indent=2))
 
 
 def _fix_wav_sizes(path: Path) -> None:

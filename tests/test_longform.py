@@ -170,7 +170,10 @@ def test_lite_streams_each_piece_as_rendered(tmp_path):
     with Engine(EngineConfig(cache_enabled=False), backend) as eng:
         req = CloneRequest(speechlike(), "hello", text, seed=1)
         offline = eng.run(req)
-        chunks = list(eng.stream(req))
+        stream = eng.stream(req)
+        chunks = list(stream)
     assert len(pieces) > 2 and len(chunks) == len(pieces) + 1  # one per piece, then the held-back end
+    assert stream.result.audio.size == 0 and stream.result.duration_s == offline.duration_s  # no copy kept
+    assert 0 < stream.result.timeline["ttfa_s"] < stream.result.timeline["total_s"]
     np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), offline.audio)
     np.testing.assert_array_equal(offline.audio, lite.synthesize(text, lite.voice("v1")))

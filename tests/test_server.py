@@ -99,6 +99,8 @@ def test_streaming_wav_and_sse(client):
     assert events[-1]["type"] == "speech.audio.done"
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
     assert pcm == body[44:]  # same seed, same audio as the chunked WAV
+    done = events[-1]["editx"]  # how it went: the stream's own timeline
+    assert 0 < done["ttfa_s"] <= done["total_s"] and done["audio_s"] == len(pcm) / 2 / 24000
 
 
 @pytest.mark.parametrize("exc,message", [(MemoryError("out of memory"), "internal error (see the server log)"),

@@ -109,7 +109,9 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
                 else:
                     yield pcm
             if stream_format == "sse":
-                yield b'data: {"type": "speech.audio.done"}\n\n'
+                tl = chunks.result.timeline
+                summary = {k: tl.get(k) for k in ("audio_s", "total_s", "ttfa_s", "rtf", "lm_tokens")}
+                yield f"data: {json.dumps({'type': 'speech.audio.done', 'editx': summary})}\n\n".encode()
         finally:
             chunks.close()  # cancels the job if the client went away
 
