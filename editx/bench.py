@@ -36,7 +36,7 @@ _BOOL = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false"
 _INT_KEYS = ("threads", "onnx_threads", "flow_steps", "max_batch")
 _STR_KEYS = ("lm_loop", "dtype", "device", "backend")
 _SAMPLING_KEYS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float}
-_BOOL_KEYS = ("cache", "warmup", "stream_prime")
+_BOOL_KEYS = ("cache", "warmup", "stream_prime", "offline_prime")
 OVERRIDE_KEYS = _BOOL_KEYS + ("quantize",) + _INT_KEYS + _STR_KEYS + tuple(_SAMPLING_KEYS)
 
 

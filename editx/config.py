@@ -98,6 +98,9 @@ class EngineConfig:
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
     stream_prime: bool = True  # prompt side of the streaming flow made once per voice (False: per request)
+    # opt-in: offline rounds decode against that per-voice prime too (far less flow work for short
+    # outputs; close to, not equal to, upstream's one-pass output, which stays the default)
+    offline_prime: bool = False
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences
@@ -179,6 +182,7 @@ ENV_FIELDS = {
     "EDITX_CACHE_MEMORY_BYTES": ("cache_memory_bytes", int), "EDITX_CACHE_DISK_BYTES": ("cache_disk_bytes", int),
     "EDITX_WARMUP": ("warmup", _env_bool), "EDITX_STREAM_CHUNK_ROWS": ("stream_chunk_rows", _env_ints),
     "EDITX_STREAM_NOISE": ("stream_noise", str), "EDITX_STREAM_PRIME": ("stream_prime", _env_bool),
+    "EDITX_OFFLINE_PRIME": ("offline_prime", _env_bool),
     "EDITX_SEGMENT_MAX_CHARS": ("segment_max_chars", int), "EDITX_SEGMENT_PAUSE_S": ("segment_pause_s", float),
     "EDITX_EDIT_WINDOW_S": ("edit_window_s", float), "EDITX_MAX_AUDIO_SECONDS": ("max_audio_seconds", float),
 }

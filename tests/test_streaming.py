@@ -148,6 +148,18 @@ def test_few_tokens_and_errors(decoder, gold):
     assert mixed_for_rows(15) == 25 and mixed_for_rows(48) == 80
 
 
+@pytest.mark.parametrize("groups", [4, 70])
+def test_offline_decode_against_the_prime_is_close_to_one_pass(decoder, gold, groups):
+    pm, mel, spk = gold["prompt_mixed"].numpy(), gold["prompt_mel"], gold["spk"]
+    target = _long_target(np.random.default_rng(9), groups)
+    exact = decoder.token2mel(pm, mel, spk, target)
+    primed = decoder.token2mel_primed(decoder.prime_stream(pm, mel, spk), target)
+    assert primed.shape == exact.shape
+    assert snr_db(primed, exact) > MEL_SNR_DB
+    with pytest.raises(ValidationError, match="non-empty"):
+        decoder.token2mel_primed(decoder.prime_stream(pm, mel, spk), target[:0])
+
+
 def test_prime_is_reusable_and_checked(decoder, gold, monkeypatch):
     pm, mel, spk = gold["prompt_mixed"].numpy(), gold["prompt_mel"], gold["spk"]
     prime = decoder.prime_stream(pm, mel, spk)
@@ -247,6 +259,19 @@ def test_voice_prime_is_cached_and_matches_the_per_request_setup(make_engine):
     assert names.count("flow_setup") == 1 and "flow_prime" not in names
     assert upstream.lm_tokens == second.lm_tokens and upstream.audio.size == second.audio.size
     assert _logmel_snr(second.audio, upstream.audio) > ENGINE_LOGMEL_SNR_DB
+
+
+@pytest.mark.slow
+def test_offline_prime_reuses_the_voice_prime_and_stays_close(make_engine):
+    exact = make_engine(cache=False).run(_stream_request())
+    eng = make_engine(offline_prime=True)
+    first, second = eng.run(_stream_request()), eng.run(_stream_request())
+    assert first.timeline["cache"]["flow_prime"] == "miss" and second.timeline["cache"]["flow_prime"] == "memory"
+    (flow,) = [s for s in second.timeline["stages"] if s["name"] == "flow"]
+    assert flow["primed"] and "flow_prime" not in [s["name"] for s in second.timeline["stages"]]
+    np.testing.assert_array_equal(first.audio, second.audio)
+    assert second.lm_tokens == exact.lm_tokens and second.audio.size == exact.audio.size
+    assert _logmel_snr(second.audio, exact.audio) > ENGINE_LOGMEL_SNR_DB
 
 
 @pytest.mark.slow

@@ -243,8 +243,9 @@ class StepAudioBackend:
                                         noise=self.config.stream_noise, stage=job.timeline.stage, prime=prime)
 
     def _stream_prime(self, job):
-        """The prompt side of the streaming flow for `job.prompt`: made once per voice and kept next to
-        the prompt encoding in the memory tier (clones), or on the job for its other parts (any op)."""
+        """The prompt side of the flow for `job.prompt` (streams, and offline rounds with
+        `offline_prime`): made once per voice and kept next to the prompt encoding in the memory tier
+        (clones), or on the job for its other parts (any op)."""
         enc, tl = job.prompt, job.timeline
         if job.flow_prime is not None and job.flow_prime[0] is enc:
             return job.flow_prime[1]
@@ -306,8 +307,14 @@ class StepAudioBackend:
         job.lm_tokens += len(ids)
         if not job.fed:
             mixed = lm_ids_to_mixed(ids, drop_invalid=True)
-            with tl.stage("flow", tokens=int(mixed.size), steps=self.config.flow_steps):
-                mel = self.decoder.token2mel(enc.mixed, enc.mel, enc.spk, mixed, n_steps=self.config.flow_steps)
+            # a clone's prime is shared by its voice's requests (an edit's input is new each time)
+            use_prime = self.config.offline_prime and job.step.op == "clone" and mixed.size
+            prime = self._stream_prime(job) if use_prime else None
+            with tl.stage("flow", tokens=int(mixed.size), steps=self.config.flow_steps, primed=prime is not None):
+                if prime is not None:
+                    mel = self.decoder.token2mel_primed(prime, mixed, n_steps=self.config.flow_steps)
+                else:
+                    mel = self.decoder.token2mel(enc.mixed, enc.mel, enc.spk, mixed, n_steps=self.config.flow_steps)
             with tl.stage("vocoder", frames=int(mel.shape[-1])):
                 audio = self.decoder.mel2wav(mel, generator=job.generator)
             job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
