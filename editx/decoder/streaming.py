@@ -213,6 +213,8 @@ def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, l
         held = cond_prefix.shape[-1]
         cond[:, :, :held] = cond_prefix.to(cond.dtype)
     x, conv, att = solve_euler_chunk(flow, noise, mu, cache.spk, cond, cache.conv, cache.att, n_steps=n_steps)
+    if last:  # nothing follows: no cache to reorder or trim
+        return x[0, :, held:], FlowCache(enc, conv, att, cache.spk, p + held)
     if held:  # the held prompt frames go to the prompt end of the cache (the DiT attention has no positions)
         n = mu.shape[2]
         att = [[torch.cat([a[:, :, held:n], a[:, :, :held], a[:, :, n:]], dim=2) for a in per_step]
