@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ import torch
 
 from editx.config import EngineConfig
 from editx.errors import CancelledError, EditxError, QueueFullError
-from editx.pipeline.job import Job
+from editx.pipeline.job import AudioStream, Job
 from editx.pipeline.types import (
     AudioChunk,
     CloneRequest,
@@ -148,9 +148,7 @@ class Engine:
         """Audio chunks as they are produced (an iterator; `.result` once it is exhausted). Nothing
         keeps a copy of the streamed audio; closing the stream early cancels the request."""
         chunks: queue.Queue = queue.Queue()
-        fut = self.submit(request, emit=chunks.put, keep_audio=False)
-        fut.add_done_callback(lambda _f: chunks.put(_STOP))
-        return AudioStream(fut, chunks)
+        return AudioStream(self.submit(request, emit=chunks.put, keep_audio=False), chunks)
 
     def warm_prompt(self, audio: PromptAudio) -> str:
         """Encode a prompt into the cache now (voice registration); returns the cache outcome."""
@@ -352,38 +350,6 @@ class Engine:
                   rtf=None if snap.rtf is None else round(snap.rtf, 3), cache=dict(snap.cache),
                   lm_tokens=job.lm_tokens, rounds=len(job.rounds))
         job.future.set_result(result)
-
-
-class AudioStream(Iterator[AudioChunk]):
-    """A streaming request's AudioChunks in order. When they are exhausted, `result` holds the
-    request's Result (timeline, duration; its `audio` is empty), or iterating raises its error.
-    `close()` (or leaving a `with` block) before the end cancels the request at its next token."""
-
-    def __init__(self, future: Future, chunks: queue.Queue) -> None:
-        self.future, self._chunks = future, chunks
-        self.result: Result | None = None
-
-    def __next__(self) -> AudioChunk:
-        if self.result is not None:
-            raise StopIteration
-        item = self._chunks.get()
-        if item is _STOP:
-            self.result = self.future.result()  # the request's error, if any
-            raise StopIteration
-        return item
-
-    def close(self) -> None:
-        if not self.future.done():
-            self.future.job.cancelled.set()  # type: ignore[attr-defined]
-
-    def __enter__(self) -> AudioStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # a consumer that dropped the stream went away
-        self.close()
 
 
 def _fail(job: Job, exc: BaseException) -> None:

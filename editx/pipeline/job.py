@@ -3,14 +3,15 @@
 The Engine's worker owns every Job; backends read the current step and input from it and hand
 audio back through it (`output` after a round, or `feed` while streaming). The job joins the parts
 of a long-form step (StreamJoiner) and, for a streaming request, emits the last step's audio as
-AudioChunks as soon as it is final.
+AudioChunks as soon as it is final; an AudioStream hands those chunks to their consumer.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 
 from editx.errors import CancelledError
 from editx.pipeline.splice import StreamJoiner
-from editx.pipeline.types import AudioChunk, PromptAudio, Request, Step
+from editx.pipeline.types import AudioChunk, PromptAudio, Request, Result, Step
 from editx.telemetry.timing import Timeline
 
 
@@ -107,3 +108,40 @@ class Job:
     def output_samples(self) -> int:
         """Samples of the request's final output, kept or streamed away."""
         return self.output.size if self.output is not None and self.output.size else self.emitted_samples
+
+
+_END = object()  # put on an AudioStream's queue once its request is settled
+
+
+class AudioStream(Iterator[AudioChunk]):
+    """A streaming request's AudioChunks in order. When they are exhausted, `result` holds the
+    request's Result (timeline, duration; its `audio` is empty), or iterating raises its error.
+    `close()` (or leaving a `with` block) before the end cancels the request at its next token."""
+
+    def __init__(self, future: Future, chunks: queue.Queue) -> None:
+        """`chunks` is the queue the request's `emit` puts its AudioChunks on."""
+        self.future, self._chunks = future, chunks
+        self.result: Result | None = None
+        future.add_done_callback(lambda _f: chunks.put(_END))
+
+    def __next__(self) -> AudioChunk:
+        if self.result is not None:
+            raise StopIteration
+        item = self._chunks.get()
+        if item is _END:
+            self.result = self.future.result()  # the request's error, if any
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        if not self.future.done():
+            self.future.job.cancelled.set()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a consumer that dropped the stream went away
+        self.close()
