@@ -123,14 +123,8 @@ class CosyVoiceDecoder:
         """The flow stage against a voice's StreamPrime (see `prime_stream`): the target rows as one
         last streamed chunk, so the prompt's frames are not run through the DiT again. Same shape as
         `token2mel`; close to, not equal to, its output (the prompt does not attend to the target)."""
-        from editx.decoder.streaming import flow_chunk
-
-        if prime.n_steps != n_steps:
-            raise ValidationError(f"the stream prime was made for {prime.n_steps} Euler steps, not {n_steps}")
-        target = self.flow_tokens(target_mixed)
-        tokens = torch.cat([prime.tail_tokens.to(target.dtype), target])
-        mel, _ = flow_chunk(self.flow, tokens, prime.cache, last=True, n_steps=n_steps,
-                            noise_offset=prime.cache.prompt_frames, cond_prefix=prime.tail_cond)
+        mel, _ = prime.first_chunk(self.flow, self.flow_tokens(target_mixed), last=True, n_steps=n_steps,
+                                   noise_offset=prime.cache.prompt_frames)
         return mel
 
     def mel2wav(self, mel: torch.Tensor, *, generator: torch.Generator | None = None) -> np.ndarray:

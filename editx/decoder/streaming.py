@@ -164,6 +164,19 @@ class StreamPrime:
     tail_cond: torch.Tensor  # (1, 80, up_stride * lookahead) their prompt mel frames
     n_steps: int
 
+    def check_steps(self, n_steps: int) -> None:
+        if self.n_steps != n_steps:
+            raise ValidationError(f"the stream prime was made for {self.n_steps} Euler steps, not {n_steps}")
+
+    def first_chunk(self, flow: CosyVoiceFlow, tokens: torch.Tensor, *, last: bool, n_steps: int = 10,
+                    noise_offset: int | None = None) -> tuple[torch.Tensor, FlowCache]:
+        """`flow_chunk` for the first chunk after this prime: the prompt's tail rows lead `tokens`,
+        conditioned on their prompt mel; only the rows of `tokens` come back."""
+        self.check_steps(n_steps)
+        tokens = torch.cat([self.tail_tokens.to(tokens.dtype), tokens])
+        return flow_chunk(flow, tokens, self.cache, last=last, n_steps=n_steps, noise_offset=noise_offset,
+                          cond_prefix=self.tail_cond)
+
     @property
     def nbytes(self) -> int:
         tensors = [self.tail_tokens, self.tail_cond, self.cache.spk, self.cache.encoder.lookahead,
@@ -301,8 +314,7 @@ class DecoderStream:
         self.cache: FlowCache | None = None
         self._held: StreamPrime | None = None  # prompt rows the first chunk still owes the prime's cache
         if prime is not None:
-            if prime.n_steps != n_steps:
-                raise ValidationError(f"the stream prime was made for {prime.n_steps} Euler steps, not {n_steps}")
+            prime.check_steps(n_steps)
             self.cache, self._held = prime.cache, prime
         dev = self.flow.encoder_proj.weight.device
         self.vocoder = VocoderStream.start(1, self.flow.cfg.output_size, dev)
@@ -350,13 +362,14 @@ class DecoderStream:
         tokens = self.decoder.flow_tokens(np.asarray(ids, dtype=np.int64))
         rows = tokens.shape[0] - (0 if last else self.flow.cfg.encoder.pre_lookahead_len)
         held, self._held = self._held, None
-        if held is not None:
-            tokens = torch.cat([held.tail_tokens.to(tokens.dtype), tokens])
         with self.stage("flow", chunk=self.chunks, rows=int(rows), steps=self.n_steps):
             offset = self.cache.prompt_frames + self.frames if self.noise == "offline" else None
-            mel, self.cache = flow_chunk(self.flow, tokens, self.cache, last=last, n_steps=self.n_steps,
-                                         noise_offset=offset,
-                                         cond_prefix=held.tail_cond if held is not None else None)
+            if held is not None:
+                mel, self.cache = held.first_chunk(self.flow, tokens, last=last, n_steps=self.n_steps,
+                                                   noise_offset=offset)
+            else:
+                mel, self.cache = flow_chunk(self.flow, tokens, self.cache, last=last, n_steps=self.n_steps,
+                                             noise_offset=offset)
         self.frames += int(mel.shape[-1])
         hift = self.decoder.hift
         weight = next(hift.parameters())
