@@ -59,8 +59,10 @@ def _engine_config(args: argparse.Namespace, **extra):
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    from editx.config import parse_int_list
+
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return parse_int_list(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 

@@ -168,7 +168,8 @@ def _env_bool(value: str) -> bool:
     raise ValueError(value)
 
 
-def _env_ints(value: str) -> tuple[int, ...]:
+def parse_int_list(value: str) -> tuple[int, ...]:
+    """'15,24,48' → (15, 24, 48); ValueError for anything but comma-separated integers."""
     return tuple(int(x) for x in value.split(",") if x.strip())
 
 
@@ -180,7 +181,7 @@ ENV_FIELDS = {
     "EDITX_ONNX_THREADS": ("onnx_threads", int), "EDITX_FLOW_STEPS": ("flow_steps", int),
     "EDITX_MAX_BATCH": ("max_batch", int), "EDITX_QUEUE_SIZE": ("queue_size", int),
     "EDITX_CACHE_MEMORY_BYTES": ("cache_memory_bytes", int), "EDITX_CACHE_DISK_BYTES": ("cache_disk_bytes", int),
-    "EDITX_WARMUP": ("warmup", _env_bool), "EDITX_STREAM_CHUNK_ROWS": ("stream_chunk_rows", _env_ints),
+    "EDITX_WARMUP": ("warmup", _env_bool), "EDITX_STREAM_CHUNK_ROWS": ("stream_chunk_rows", parse_int_list),
     "EDITX_STREAM_NOISE": ("stream_noise", str), "EDITX_STREAM_PRIME": ("stream_prime", _env_bool),
     "EDITX_OFFLINE_PRIME": ("offline_prime", _env_bool),
     "EDITX_SEGMENT_MAX_CHARS": ("segment_max_chars", int), "EDITX_SEGMENT_PAUSE_S": ("segment_pause_s", float),

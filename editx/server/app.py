@@ -179,7 +179,8 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(500, "internal error (see the server log)", "internal_error")
+        status, error = error_body(exc)
+        return JSONResponse({"error": error}, status_code=status)
 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
