@@ -90,19 +90,15 @@ def _first_stages(run: dict) -> dict[str, float]:
     `lm_decode` spans the flow and vocoder chunks run between its tokens; they are taken out of it."""
     tl = run["timeline"]
     first = tl.get("ttfa_s")
-    out: dict[str, float] = {}
     if first is None:
-        return out
-    decode_start = None
-    for st in tl["stages"]:
-        if st.get("parent") or st.get("instant") or st["start_s"] >= first:
-            continue
-        out[st["name"]] = out.get(st["name"], 0.0) + min(st["start_s"] + st["duration_s"], first) - st["start_s"]
-        if st["name"] == "lm_decode":
-            decode_start = st["start_s"]
+        return {}
+    before = [(st["name"], st["start_s"], min(st["start_s"] + st["duration_s"], first) - st["start_s"])
+              for st in tl["stages"] if not st.get("parent") and not st.get("instant") and st["start_s"] < first]
+    out: dict[str, float] = {}
+    for name, _start, seconds in before:
+        out[name] = out.get(name, 0.0) + seconds
+    decode_start = next((start for name, start, _ in before if name == "lm_decode"), None)
     if decode_start is not None:
-        inside = sum(min(st["start_s"] + st["duration_s"], first) - st["start_s"] for st in tl["stages"]
-                     if st["name"] != "lm_decode" and not st.get("parent") and not st.get("instant")
-                     and decode_start <= st["start_s"] < first)
+        inside = sum(seconds for name, start, seconds in before if name != "lm_decode" and start >= decode_start)
         out["lm_decode"] = max(0.0, out["lm_decode"] - inside)
     return out
