@@ -101,6 +101,15 @@ class CosyVoiceDecoder:
 
         return torch.from_numpy(mixed_to_flow_tokens(mixed))
 
+    def flow_conditions(self, prompt_mel, spk_emb) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt mel (Tm, 80) and speaker embedding (192,) as every flow path takes them: checked,
+        float32, rounded through bfloat16 (tts.py casts both to bfloat16 before token2wav)."""
+        mel = _as_tensor(prompt_mel, "prompt mel")
+        spk = _as_tensor(spk_emb, "speaker embedding").reshape(-1)
+        if spk.numel() != self.flow.cfg.spk_embed_dim:
+            raise ValidationError(f"speaker embedding must have {self.flow.cfg.spk_embed_dim} values, got {spk.numel()}")
+        return mel.bfloat16().float(), spk.bfloat16().float()
+
     def token2mel(self, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
                   target_mixed: np.ndarray, *, n_steps: int = 10, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The flow stage: mel (80, 2 * 3 * ceil(len(target_mixed) / 5)) in self.dtype on self.device.
@@ -110,12 +119,7 @@ class CosyVoiceDecoder:
         """
         if n_steps < 1:
             raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
-        mel = _as_tensor(prompt_mel, "prompt mel")
-        spk = _as_tensor(spk_emb, "speaker embedding").reshape(-1)
-        if spk.numel() != self.flow.cfg.spk_embed_dim:
-            raise ValidationError(f"speaker embedding must have {self.flow.cfg.spk_embed_dim} values, got {spk.numel()}")
-        # tts.py casts speech_feat and the embedding to bfloat16 before token2wav_nonstream
-        mel, spk = mel.bfloat16().float(), spk.bfloat16().float()
+        mel, spk = self.flow_conditions(prompt_mel, spk_emb)
         return self.flow.inference(self.flow_tokens(prompt_mixed), mel, spk, self.flow_tokens(target_mixed),
                                    n_steps=n_steps, noise=noise)
 
@@ -169,8 +173,7 @@ class CosyVoiceDecoder:
 
         if n_steps < 1:
             raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
-        mel = _as_tensor(prompt_mel, "prompt mel").bfloat16().float()
-        spk = _as_tensor(spk_emb, "speaker embedding").reshape(-1).bfloat16().float()
+        mel, spk = self.flow_conditions(prompt_mel, spk_emb)
         return flow_prime(self.flow, self.flow_tokens(prompt_mixed), mel, spk, n_steps=n_steps)
 
 

@@ -307,9 +307,7 @@ class DecoderStream:
                                   f"the flow has {lookahead}")
         self.lookahead_ids = mixed_for_rows(lookahead)
         self.prompt_tokens = decoder.flow_tokens(prompt_mixed)
-        # as token2mel: the prompt mel and the embedding are rounded through bfloat16 first
-        self.prompt_mel = torch.as_tensor(prompt_mel, dtype=torch.float32).bfloat16().float()
-        self.spk = torch.as_tensor(spk_emb, dtype=torch.float32).reshape(-1).bfloat16().float()
+        self.prompt_mel, self.spk = decoder.flow_conditions(prompt_mel, spk_emb)
         self.pending: list[int] = []  # mixed ids not yet decoded (a chunk's lookahead stays here)
         self.cache: FlowCache | None = None
         self._held: StreamPrime | None = None  # prompt rows the first chunk still owes the prime's cache
