@@ -1,7 +1,9 @@
 """FastAPI application: OpenAI-compatible speech, edits, voices, health, metrics and the web UI.
 
-One process, one Engine. Blocking model work never runs on the event loop: requests are submitted
-to the Engine's bounded queue and awaited as futures; a client that disconnects cancels its job.
+One process, one Engine. Nothing blocking runs on the event loop: requests are submitted to the
+Engine's bounded queue and awaited as futures (a client that disconnects cancels its job), streams
+are fed from the worker without a thread each (streaming.py), and voice-store calls run on threads
+of their own (voices_async.py). The app owns its engine: shutdown closes it, its cache and the store.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,8 +31,10 @@ from editx.errors import (
     QueueFullError,
     ValidationError,
 )
+from editx.server.limits import APIKeyMiddleware, BodyLimitMiddleware, StreamSlots
 from editx.server.settings import ServerSettings
 from editx.server.voices import UnknownVoiceError
+from editx.server.voices_async import AsyncVoiceStore
 from editx.server.voices_redis import StoreUnavailableError, make_voice_store
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,8 @@ class EngineHolder:
         self.error: str | None = None
         self._loader = loader
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.closed = False
 
     def start(self) -> None:
         if self.engine is None and self._loader is not None and self._thread is None:
@@ -54,14 +61,43 @@ class EngineHolder:
 
     def _load(self) -> None:
         try:
-            self.engine = self._loader()
+            engine = self._loader()
         except Exception as exc:
             log.exception("engine failed to load")
             self.error = str(exc)
+            return
+        with self._lock:
+            self.engine = engine
+            closed = self.closed
+        if closed:  # shut down while it was loading
+            close_engine(engine)
+
+    def close(self) -> None:
+        """Close the engine (work still in it fails with 'engine closed') and its cache; idempotent."""
+        with self._lock:
+            self.closed, engine = True, self.engine
+        if engine is not None:
+            close_engine(engine)
 
     @property
     def ready(self) -> bool:
         return self.engine is not None and getattr(self.engine, "ready", False)
+
+
+def close_engine(engine) -> None:
+    engine.close()
+    if engine.cache is not None:
+        engine.cache.close()
+    log.info("engine closed")
+
+
+def worker_health(engine) -> str | None:
+    """None while the engine's model worker runs; else what is wrong with it (for /healthz)."""
+    if engine is None:
+        return None  # still loading: the process itself is fine
+    if not engine.alive:
+        return "the model worker is not running (engine closed or its thread died); restart the server"
+    return None
 
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
@@ -83,6 +119,10 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
         return 404, "not_found"
     if isinstance(exc, QueueFullError):
         return 429, "queue_full"
+    from editx.audio.io import AudioTooLongError  # (av and soundfile load with the first request)
+
+    if isinstance(exc, AudioTooLongError):
+        return 413, "too_large"
     if isinstance(exc, (ValidationError, AudioError)):
         return 400, "invalid_request"
     if isinstance(exc, BackendUnsupportedError):
@@ -96,41 +136,6 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
     return 500, "editx_error"
 
 
-class BodyLimitMiddleware:
-    """Reject bodies over the limit (by Content-Length, and by counting chunked bodies)."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                resp = error_response(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
-                return await resp(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            resp = error_response(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
-            await resp(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
 def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None) -> FastAPI:
     """Build the app around a loaded `engine`, or a `loader` that builds one in the background."""
     settings = settings or ServerSettings.from_env()
@@ -141,21 +146,16 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     async def lifespan(_app: FastAPI):
         holder.start()
         yield
+        # uvicorn has let in-flight requests finish (up to its graceful-shutdown timeout, set from
+        # shutdown_grace_s by `editx serve`); what is left in the engine now fails with a clear error
+        await anyio.to_thread.run_sync(holder.close)
+        await anyio.to_thread.run_sync(store.close)
 
     app = FastAPI(title="editx", version="0.1.0", lifespan=lifespan,
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
     app.state.holder, app.state.settings, app.state.store = holder, settings, store
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        path = request.url.path
-        if settings.api_keys and path.startswith("/v1/"):
-            auth = request.headers.get("authorization", "")
-            key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if key not in settings.api_keys:
-                return error_response(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                                      "unauthorized", {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    app.state.voices = AsyncVoiceStore(store)
+    app.state.streams = StreamSlots(settings.max_streams)
 
     @app.exception_handler(EditxError)
     async def _editx_error(_request: Request, exc: EditxError):
@@ -185,7 +185,8 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)  # outermost: first to run
 
     from editx.server.routes_admin import router as admin_router
     from editx.server.routes_audio import router as audio_router
