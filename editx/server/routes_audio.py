@@ -80,7 +80,7 @@ async def speech(body: SpeechRequest, request: Request):
     return await encoded_response(result, body.response_format)
 
 
-def stream_response(request: Request, engine, req, fmt: str, stream_format: str) -> StreamingResponse:
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str) -> EngineStreamingResponse:
     """Chunked WAV/PCM as audio is produced, or OpenAI-style SSE events with base64 PCM deltas."""
     from editx.audio.io import wav_header
 
