@@ -241,3 +241,38 @@ def test_stream_bound_429_and_a_disconnect_cancels_and_frees_its_slot(live, monk
     assert len(futures) == 3 and len(cancelled) == 1
     with c.stream("POST", "/v1/audio/speech", json=body) as r:
         assert r.status_code == 200 and len(b"".join(r.iter_bytes())) > 44
+
+
+def test_shutdown_lets_a_stream_finish_then_closes_engine_and_cache(make_engine, tmp_path, monkeypatch):
+    engine = make_engine()
+    gate, closed = threading.Event(), []
+    run_round = engine.backend.run_round
+    monkeypatch.setattr(engine.backend, "run_round", lambda jobs, done: gate.wait(WAIT_S) and run_round(jobs, done))
+    cache_close = engine.cache.close
+    monkeypatch.setattr(engine.cache, "close", lambda: closed.append("cache") or cache_close())
+    srv = LiveServer(create_app(engine, settings=settings(tmp_path)), grace_s=WAIT_S)
+    with srv, httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
+        vid = register(c)
+        with c.stream("POST", "/v1/audio/speech", json=speech(vid, stream_format="audio", response_format="wav")) as r:
+            chunks = r.iter_raw()
+            assert next(chunks)[:4] == b"RIFF"
+            stopper = threading.Thread(target=srv.stop)
+            stopper.start()  # SIGTERM, in effect: the server stops taking requests, the stream goes on
+            wait_until(lambda: srv.server.should_exit, "the server to begin its shutdown")
+            assert engine.alive and not closed
+            gate.set()
+            rest = b"".join(chunks)
+        assert len(rest) > 0 and r.status_code == 200
+        stopper.join(WAIT_S)
+    assert not stopper.is_alive() and not engine.alive and closed == ["cache"]
+
+
+def test_healthz_reports_a_dead_model_worker(make_engine, tmp_path):
+    from fastapi.testclient import TestClient
+
+    engine = make_engine()
+    with TestClient(create_app(engine, settings=settings(tmp_path))) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        engine.close()
+        r = c.get("/healthz")
+        assert r.status_code == 503 and "model worker is not running" in r.json()["error"]
