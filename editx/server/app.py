@@ -223,6 +223,9 @@ async def await_job(request: Request, engine, future):
             return wrapped.result()
         if await request.is_disconnected():
             engine.cancel(future)
+            # the job's end (its CancelledError) is nobody's business now; retrieving it keeps
+            # asyncio from logging "exception was never retrieved" for every client that left
+            wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
             raise CancelledError("client disconnected")
 
 
