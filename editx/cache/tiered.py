@@ -13,7 +13,6 @@ polls the tiers and computes itself when the lock goes away empty or after `lock
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from editx.cache.disk import DiskTier, check_key
 from editx.cache.entry import CacheEntry, CorruptEntryError, decode_entry, encode_entry
 from editx.cache.memory import MemoryTier
 from editx.cache.shared import RedisTier, SharedTier
+from editx.config import env_value
 from editx.errors import CancelledError
 from editx.telemetry.log import log_event
 
@@ -39,8 +39,8 @@ def default_cache_dir(cache_dir: Path | str | None = None) -> Path:
     $EDITX_CACHE_DIR, else the platform user cache dir for "editx"."""
     if cache_dir is not None:
         root = Path(cache_dir)
-    elif env := os.environ.get("EDITX_CACHE_DIR"):
-        root = Path(env)
+    elif env := env_value("EDITX_CACHE_DIR"):
+        root = env
     else:
         import platformdirs
 
