@@ -3,7 +3,6 @@
 import math
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -75,7 +74,7 @@ def test_concurrent_requests_batch_and_equal_serial(make_engine):
             for i in range(3)]
     serial = [eng.run(r).audio for r in reqs]
     gate = threading.Event()
-    eng._queue.put(("call", gate.wait, Future()))  # hold the worker so the three queue up together
+    eng._q.call(gate.wait)  # hold the worker so the three queue up together
     futures = [eng.submit(r) for r in reqs]  # queued together: decoded as one LM batch
     seen = []
     futures[0].add_done_callback(lambda _f: seen.append((futures[1].done(), futures[2].job.output is None)))
@@ -110,7 +109,7 @@ def test_queue_full_and_cancel(make_engine):
     eng = make_engine(queue_size=1)
     gate = threading.Event()
     # occupy the worker with a call that waits on the gate, and wait until it has taken it
-    eng._queue.put(("call", gate.wait, Future()))
+    eng._q.call(gate.wait)
     deadline = time.monotonic() + 30
     while eng.queue_depth and time.monotonic() < deadline:
         time.sleep(0.01)
