@@ -191,7 +191,15 @@ def to_official_key(ours: str) -> str:
 
 
 def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, source: str = FLOW_FILE) -> None:
-    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly."""
+    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly.
+
+    Strict both ways through the one key map (`_KEY_RENAMES`): every tensor in flow.pt lands in a
+    parameter or the load fails naming it. Meta tensors work too (`editx doctor` checks flow.pt's index).
+    """
+    not_float = sorted(k for k, t in state.items() if not t.dtype.is_floating_point)
+    if not_float:
+        raise ModelFilesError(f"{source}: {not_float[0]} is {state[not_float[0]].dtype}, not a float tensor; "
+                              "re-download the CosyVoice-300M-25Hz folder")
     expected = dict(model.state_dict(keep_vars=True))
     mapped: dict[str, torch.Tensor] = {}
     unexpected = []
@@ -230,7 +238,7 @@ def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device =
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise ModelFilesError(f"{path} is not a readable torch state dict ({exc}); re-download it") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # rule: a training wrapper
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFilesError(f"{path} must hold a flat state dict of tensors")
