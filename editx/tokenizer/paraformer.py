@@ -339,8 +339,7 @@ def read_yaml(path: Path) -> dict:
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A FunASR model.pt: a tensor dict. Rules: a dict under "state_dict" or "model" is unwrapped (FunASR
-    training checkpoints); a "module." prefix is removed only when every key has it (DataParallel)."""
+    """A FunASR model.pt as a tensor dict (see `state_from_checkpoint` for the unwrapping rules)."""
     if not path.is_file():
         raise ModelFilesError(f"missing {path} (Paraformer weights); re-download Step-Audio-Tokenizer")
     try:
@@ -353,6 +352,12 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise ModelFilesError(f"cannot read {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
                               "the file is damaged or incomplete, re-download it") from exc
+    return state_from_checkpoint(obj, path)
+
+
+def state_from_checkpoint(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a loaded model.pt. Rules: a dict under "state_dict" or "model" is unwrapped
+    (FunASR training checkpoints); a "module." prefix is removed only when every key has it (DataParallel)."""
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
