@@ -3,6 +3,7 @@ the loaders' own rules (on the meta device), and the config values the code depe
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import torch
 
 from editx.doctor import COSYVOICE_DIRNAME, EDITX_DIRNAME, FIX_DOWNLOAD, TOKENIZER_DIRNAME, Finding
-from editx.doctor.headers import is_lfs_pointer, npy_header, onnx_graph_inputs, torch_archive_index
+from editx.doctor.headers import npy_header, onnx_graph_inputs, torch_archive_index
 from editx.errors import EditxError
+from editx.lm.loader import read_header
 from editx.tokenizer import FUNASR_SUBDIR, KMEANS_FILE, SPEECH_TOKENIZER_FILE
+from editx.torchfile import is_lfs_pointer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class _Checker:
             self.add(where, f"could not be checked ({type(exc).__name__}: {exc})", fix)
 
     def files(self) -> None:
-        for want in REQUIRED:
+        for want in REQUIRED + self.shards():
             options = want if isinstance(want, tuple) else (want,)
             present = [o for o in options if (self.root / o).is_file()]
             if not present:
@@ -70,6 +73,15 @@ class _Checker:
                     self.checked.append(rel)
 
 
+    def shards(self) -> tuple[str, ...]:
+        """The weight shards model.safetensors.index.json names (a broken index is the LM check's finding)."""
+        try:
+            weight_map = json.loads((self.root / LM_WEIGHTS[0]).read_text(encoding="utf-8"))["weight_map"]
+            return tuple(sorted({f"{EDITX_DIRNAME}/{name}" for name in weight_map.values()}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return ()
+
+
 def check_all(root: Path, checked: list[str]) -> list[Finding]:
     c = _Checker(root, checked)
     c.files()
@@ -77,7 +89,12 @@ def check_all(root: Path, checked: list[str]) -> list[Finding]:
     state: dict = {}
     c.run(f"{EDITX_DIRNAME}/config.json", (f"{EDITX_DIRNAME}/config.json",), lambda: _lm_config(lm, state))
     weights = next((w for w in LM_WEIGHTS if w in checked), LM_WEIGHTS[0])
-    c.run(weights, (f"{EDITX_DIRNAME}/config.json", weights), lambda: _lm_weights(lm, state["lm"]), FIX_SAME_DOWNLOAD)
+    shards = c.shards() or (weights,)
+    for shard in shards:
+        c.run(shard, (shard,), lambda shard=shard: read_header(root / shard))
+    # key/shape findings name the shard in their text; they are filed under it when there is one
+    c.run(shards[0] if len(shards) == 1 else weights, (f"{EDITX_DIRNAME}/config.json", weights) + shards,
+          lambda: _lm_weights(lm, state["lm"]), FIX_SAME_DOWNLOAD)
     spm = next((t for t in TEXT_TOKENIZER if t in checked), TEXT_TOKENIZER[0])
     c.run(spm, (f"{EDITX_DIRNAME}/config.json", f"{EDITX_DIRNAME}/tokenizer_config.json", spm),
           lambda: _text_tokenizer(c, lm, state["lm"]))
