@@ -241,7 +241,7 @@ def test_cli_serve_refuses_a_broken_folder_before_serving(tiny_model_dir, tmp_pa
 def _fake_downloader(source_root: Path, calls: list, damage: str | None = None):
     def fetch(repo_id: str, revision: str | None, local_dir: Path) -> None:
         calls.append((repo_id, revision, local_dir.name))
-        shutil.copytree(source_root / local_dir.name, local_dir, dirs_exist_ok=True)
+        shutil.copytree(source_root / local_dir.name, local_dir, dirs_exist_ok=True, copy_function=os.link)
         if damage and (local_dir.parent / damage).is_file():
             _truncate(local_dir.parent / damage)
     return fetch

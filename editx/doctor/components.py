@@ -141,24 +141,49 @@ def _lm_weights(lm: Path, cfg) -> None:
 
 def _text_tokenizer(c: _Checker, lm: Path, cfg) -> None:
     from editx.errors import ModelFilesError
+    from editx.lm.text_tokenizer import FAST_FILE, SPM_FILE
+
+    key = _stat_key(lm)
+    if key not in _FACTS:
+        _FACTS.clear()  # one folder's facts at a time
+        _FACTS[key] = _tokenizer_facts(lm)
+    source, vocab_size, ids = _FACTS[key]
+    if source == FAST_FILE:
+        c.add(f"{EDITX_DIRNAME}/{FAST_FILE}", f"not part of the release; it is used in place of {SPM_FILE}",
+              f"delete it to use the released {SPM_FILE}", severity="note")
+    if vocab_size != cfg.vocab_size:
+        raise ModelFilesError(f"{source} has {vocab_size} tokens, config.json says vocab_size {cfg.vocab_size}")
+    for token, (got, want) in ids.items():
+        if got != want:
+            raise ModelFilesError(f"{source}: {token} has id {got}; the prompts need {want}")
+
+
+_FACTS: dict[tuple, tuple] = {}
+
+
+def _stat_key(lm: Path) -> tuple:
+    """The tokenizer files' identity (device, inode, size, mtime): unchanged files are parsed once per process."""
+    out: list = []
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        try:
+            st = (lm / name).stat()
+            out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
+
+
+def _tokenizer_facts(lm: Path) -> tuple[str, int, dict[str, tuple[int, int]]]:
+    """(file used, vocabulary size, {token: (id, id the prompts need)}) of the folder's text tokenizer."""
     from editx.lm import prompts
     from editx.lm.model import AUDIO_TOKEN_OFFSET
-    from editx.lm.text_tokenizer import FAST_FILE, SPM_FILE, TextTokenizer
+    from editx.lm.text_tokenizer import TextTokenizer
     from editx.tokenizer.speech import MIXED_VOCAB
 
     tok = TextTokenizer.load(lm)
-    if tok.source.name == FAST_FILE:
-        c.add(f"{EDITX_DIRNAME}/{FAST_FILE}", f"not part of the release; it is used in place of {SPM_FILE}",
-              f"delete it to use the released {SPM_FILE}", severity="note")
-    if tok.vocab_size != cfg.vocab_size:
-        raise ModelFilesError(f"{tok.source.name} has {tok.vocab_size} tokens, config.json says vocab_size "
-                              f"{cfg.vocab_size}")
     wanted = {"<s>": prompts.BOS_ID, "<|EOT|>": prompts.EOT_ID, "<|BOT|>": prompts.BOT_ID,
               "<audio_0>": AUDIO_TOKEN_OFFSET, f"<audio_{MIXED_VOCAB - 1}>": AUDIO_TOKEN_OFFSET + MIXED_VOCAB - 1}
-    for token, want in wanted.items():
-        got = tok.token_to_id(token)
-        if got != want:
-            raise ModelFilesError(f"{tok.source.name}: {token} has id {got}; the prompts need {want}")
+    return tok.source.name, tok.vocab_size, {t: (tok.token_to_id(t), want) for t, want in wanted.items()}
 
 
 # ---- Step-Audio-Tokenizer ----------------------------------------------------------------------------------
