@@ -10,7 +10,6 @@ frames are dropped from the result.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from editx.decoder.config import FlowConfig
 from editx.decoder.conformer import TokenEncoder
 from editx.decoder.dit import DiT
 from editx.errors import ModelFilesError, ValidationError, name_some
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +238,7 @@ def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device =
               dtype: torch.dtype = torch.float32, noise_seed: int = DEFAULT_NOISE_SEED) -> CosyVoiceFlow:
     """Build the flow on the meta device, load flow.pt through the key map, then move to device/dtype."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFilesError(f"{path} not found: CosyVoice-300M-25Hz/ must hold {FLOW_FILE}")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # pre-zipfile (legacy) checkpoints cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ModelFilesError(f"{path} is not a readable torch state dict ({exc}); re-download it") from exc
+    state = load_torch_file(path, "CosyVoice flow checkpoint")
     state = flow_state(state, path)
     with torch.device("meta"):
         model = CosyVoiceFlow(cfg)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from editx.errors import ModelFilesError, ValidationError, name_some
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -365,12 +366,7 @@ def load_hift(path: str | Path, config: HiFTConfig, *, device: torch.device | st
               dtype: torch.dtype = torch.float32) -> HiFTGenerator:
     """Load the official hift.pt (a state dict) into a HiFTGenerator with weight norm folded."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFilesError(f"HiFT checkpoint not found: {path}; expected hift.pt in the CosyVoice-300M-25Hz dir")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or non-tensor pickle
-        raise ModelFilesError(f"cannot read HiFT checkpoint {path}: {exc}") from exc
+    state = load_torch_file(path, "HiFT checkpoint")
     if not isinstance(state, dict):
         raise ModelFilesError(f"{path} does not hold a state dict (got {type(state).__name__})")
     with torch.device("meta"):

@@ -19,7 +19,7 @@ from editx.hub import COSYVOICE_DIRNAME, EDITX_DIRNAME, TOKENIZER_DIRNAME
 
 log = logging.getLogger(__name__)
 
-FIX_DOWNLOAD = "re-run `editx download DIR` (it resumes and verifies)"
+FIX_DOWNLOAD = "re-run `editx download DIR` (it fetches what is missing or changed, then checks again)"
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Report:
         return not any(f.severity == "error" for f in self.findings)
 
     def lines(self) -> list[str]:
-        out = [f.line() for f in self.findings]
+        out = [f.line().replace("editx download DIR", f"editx download {self.root}") for f in self.findings]
         verdict = "will load" if self.ok else "will NOT load"
         out.append(f"{self.root}: {verdict} ({len(self.checked)} files checked, "
                    f"{sum(f.severity == 'error' for f in self.findings)} error(s), {self.seconds:.1f} s)")

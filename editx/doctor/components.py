@@ -3,6 +3,7 @@ the loaders' own rules (on the meta device), and the config values the code depe
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import torch
 
 from editx.doctor import COSYVOICE_DIRNAME, EDITX_DIRNAME, FIX_DOWNLOAD, TOKENIZER_DIRNAME, Finding
-from editx.doctor.headers import is_lfs_pointer, npy_header, onnx_graph_inputs, torch_archive_index
+from editx.doctor.headers import npy_header, onnx_graph_inputs, torch_archive_index
 from editx.errors import EditxError
+from editx.lm.loader import read_header
 from editx.tokenizer import FUNASR_SUBDIR, KMEANS_FILE, SPEECH_TOKENIZER_FILE
+from editx.torchfile import is_lfs_pointer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class _Checker:
             self.add(where, f"could not be checked ({type(exc).__name__}: {exc})", fix)
 
     def files(self) -> None:
-        for want in REQUIRED:
+        for want in REQUIRED + self.shards():
             options = want if isinstance(want, tuple) else (want,)
             present = [o for o in options if (self.root / o).is_file()]
             if not present:
@@ -70,6 +73,15 @@ class _Checker:
                     self.checked.append(rel)
 
 
+    def shards(self) -> tuple[str, ...]:
+        """The weight shards model.safetensors.index.json names (a broken index is the LM check's finding)."""
+        try:
+            weight_map = json.loads((self.root / LM_WEIGHTS[0]).read_text(encoding="utf-8"))["weight_map"]
+            return tuple(sorted({f"{EDITX_DIRNAME}/{name}" for name in weight_map.values()}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return ()
+
+
 def check_all(root: Path, checked: list[str]) -> list[Finding]:
     c = _Checker(root, checked)
     c.files()
@@ -77,7 +89,12 @@ def check_all(root: Path, checked: list[str]) -> list[Finding]:
     state: dict = {}
     c.run(f"{EDITX_DIRNAME}/config.json", (f"{EDITX_DIRNAME}/config.json",), lambda: _lm_config(lm, state))
     weights = next((w for w in LM_WEIGHTS if w in checked), LM_WEIGHTS[0])
-    c.run(weights, (f"{EDITX_DIRNAME}/config.json", weights), lambda: _lm_weights(lm, state["lm"]), FIX_SAME_DOWNLOAD)
+    shards = c.shards() or (weights,)
+    for shard in shards:
+        c.run(shard, (shard,), lambda shard=shard: read_header(root / shard))
+    # key/shape findings name the shard in their text; they are filed under it when there is one
+    c.run(shards[0] if len(shards) == 1 else weights, (f"{EDITX_DIRNAME}/config.json", weights) + shards,
+          lambda: _lm_weights(lm, state["lm"]), FIX_SAME_DOWNLOAD)
     spm = next((t for t in TEXT_TOKENIZER if t in checked), TEXT_TOKENIZER[0])
     c.run(spm, (f"{EDITX_DIRNAME}/config.json", f"{EDITX_DIRNAME}/tokenizer_config.json", spm),
           lambda: _text_tokenizer(c, lm, state["lm"]))
@@ -124,24 +141,49 @@ def _lm_weights(lm: Path, cfg) -> None:
 
 def _text_tokenizer(c: _Checker, lm: Path, cfg) -> None:
     from editx.errors import ModelFilesError
+    from editx.lm.text_tokenizer import FAST_FILE, SPM_FILE
+
+    key = _stat_key(lm)
+    if key not in _FACTS:
+        _FACTS.clear()  # one folder's facts at a time
+        _FACTS[key] = _tokenizer_facts(lm)
+    source, vocab_size, ids = _FACTS[key]
+    if source == FAST_FILE:
+        c.add(f"{EDITX_DIRNAME}/{FAST_FILE}", f"not part of the release; it is used in place of {SPM_FILE}",
+              f"delete it to use the released {SPM_FILE}", severity="note")
+    if vocab_size != cfg.vocab_size:
+        raise ModelFilesError(f"{source} has {vocab_size} tokens, config.json says vocab_size {cfg.vocab_size}")
+    for token, (got, want) in ids.items():
+        if got != want:
+            raise ModelFilesError(f"{source}: {token} has id {got}; the prompts need {want}")
+
+
+_FACTS: dict[tuple, tuple] = {}
+
+
+def _stat_key(lm: Path) -> tuple:
+    """The tokenizer files' identity (device, inode, size, mtime): unchanged files are parsed once per process."""
+    out: list = []
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        try:
+            st = (lm / name).stat()
+            out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
+
+
+def _tokenizer_facts(lm: Path) -> tuple[str, int, dict[str, tuple[int, int]]]:
+    """(file used, vocabulary size, {token: (id, id the prompts need)}) of the folder's text tokenizer."""
     from editx.lm import prompts
     from editx.lm.model import AUDIO_TOKEN_OFFSET
-    from editx.lm.text_tokenizer import FAST_FILE, SPM_FILE, TextTokenizer
+    from editx.lm.text_tokenizer import TextTokenizer
     from editx.tokenizer.speech import MIXED_VOCAB
 
     tok = TextTokenizer.load(lm)
-    if tok.source.name == FAST_FILE:
-        c.add(f"{EDITX_DIRNAME}/{FAST_FILE}", f"not part of the release; it is used in place of {SPM_FILE}",
-              f"delete it to use the released {SPM_FILE}", severity="note")
-    if tok.vocab_size != cfg.vocab_size:
-        raise ModelFilesError(f"{tok.source.name} has {tok.vocab_size} tokens, config.json says vocab_size "
-                              f"{cfg.vocab_size}")
     wanted = {"<s>": prompts.BOS_ID, "<|EOT|>": prompts.EOT_ID, "<|BOT|>": prompts.BOT_ID,
               "<audio_0>": AUDIO_TOKEN_OFFSET, f"<audio_{MIXED_VOCAB - 1}>": AUDIO_TOKEN_OFFSET + MIXED_VOCAB - 1}
-    for token, want in wanted.items():
-        got = tok.token_to_id(token)
-        if got != want:
-            raise ModelFilesError(f"{tok.source.name}: {token} has id {got}; the prompts need {want}")
+    return tok.source.name, tok.vocab_size, {t: (tok.token_to_id(t), want) for t, want in wanted.items()}
 
 
 # ---- Step-Audio-Tokenizer ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Read what a weight file declares without reading its weights: torch zip archives, ONNX graph inputs,
-.npy headers and Git LFS pointers (safetensors headers: `editx.lm.loader.read_header`).
+"""Read what a weight file declares without reading its weights: torch zip archives, ONNX graph inputs
+and .npy headers (safetensors headers: `editx.lm.loader.read_header`; LFS pointers: `editx.torchfile`).
 
 Each reader checks the file's own bookkeeping against its size, so a truncated download is found
 from a few kilobytes of reads, and raises ModelFilesError with a one-line message.
@@ -18,23 +18,11 @@ import torch
 
 from editx.errors import ModelFilesError
 
-LFS_MAGIC = b"version https://git-lfs"
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
     "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
-
-
-def is_lfs_pointer(path: Path) -> bool:
-    """A Git LFS pointer file (a `git clone` without git-lfs leaves these instead of the weights)."""
-    try:
-        if path.stat().st_size > 1024:
-            return False
-        with open(path, "rb") as f:
-            return f.read(len(LFS_MAGIC)) == LFS_MAGIC
-    except OSError:
-        return False
 
 
 # ---- torch zip archives (torch.save since 1.6) ------------------------------------------------------------

@@ -26,6 +26,7 @@ from torch import nn
 
 from editx.errors import ModelFilesError
 from editx.tokenizer import frontend
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -340,18 +341,7 @@ def read_yaml(path: Path) -> dict:
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A FunASR model.pt as a tensor dict (see `state_from_checkpoint` for the unwrapping rules)."""
-    if not path.is_file():
-        raise ModelFilesError(f"missing {path} (Paraformer weights); re-download Step-Audio-Tokenizer")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) serialization cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFilesError(f"cannot read {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
-                              "the file is damaged or incomplete, re-download it") from exc
+    obj = load_torch_file(path, "Paraformer weights")
     return state_from_checkpoint(obj, path)
 
 
