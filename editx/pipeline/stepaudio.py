@@ -45,6 +45,7 @@ class StepAudioBackend:
     @classmethod
     def load(cls, config: EngineConfig) -> StepAudioBackend:
         from editx.decoder import load_decoder
+        from editx.doctor import require_loadable
         from editx.hub import resolve_model_dir
         from editx.lm.loader import load_step1
         from editx.lm.text_tokenizer import TextTokenizer
@@ -52,6 +53,7 @@ class StepAudioBackend:
 
         if config.model_dir is None:
             raise EditxError("the editx backend needs --model-dir (or EDITX_MODEL_DIR)")
+        require_loadable(config.model_dir)  # header-only checks: refuse with `editx doctor`'s lines
         paths = resolve_model_dir(config.model_dir)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
