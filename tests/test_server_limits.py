@@ -71,8 +71,8 @@ def multipart(fields: dict, data: bytes, boundary: str = "editxboundary") -> tup
 
 @pytest.fixture()
 def live(make_engine, tmp_path):
-    engine = make_engine()
-    with LiveServer(create_app(engine, settings=settings(tmp_path, max_streams=2))) as srv:
+    engine = make_engine(max_streams=2)
+    with LiveServer(create_app(engine, settings=settings(tmp_path))) as srv:
         with httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
             yield srv, c, engine
 
@@ -158,7 +158,7 @@ def test_prompt_length_bounds_named_in_the_message(live, tmp_path):
     short = speechlike(seconds=0.3)
     long = speechlike(seconds=61)
     r = c.post("/v1/voices", files={"file": ("a.wav", wav_bytes(short), "audio/wav")}, data={"prompt_text": "hi"})
-    assert r.status_code == 400 and "0.30 s long; the minimum is 1 s" in r.json()["error"]["message"], r.text
+    assert r.status_code == 400 and "0.30 s long; the minimum is 0.5 s" in r.json()["error"]["message"], r.text
     silent_minute = encode_audio(np.zeros(61 * 16000, np.float32), 16000, "flac")  # a few kB: under the body limit
     r = c.post("/v1/voices", files={"file": ("a.flac", silent_minute, "audio/flac")},
                data={"prompt_text": "hi"})
@@ -172,7 +172,7 @@ def test_prompt_length_bounds_named_in_the_message(live, tmp_path):
     assert r.status_code == 413 and f"voice {old.id}" in r.json()["error"]["message"]
     r = c.post("/v1/audio/edits", files={"file": ("a.wav", wav_bytes(short), "audio/wav")},
                data={"audio_text": "hi", "edit_type": "vad"})
-    assert r.status_code == 400 and "minimum is 1 s" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "minimum is 0.5 s" in r.json()["error"]["message"]
 
 
 def test_a_long_file_is_refused_before_it_is_decoded(monkeypatch):
@@ -205,8 +205,8 @@ def test_stream_bound_429_and_a_disconnect_cancels_and_frees_its_slot(live, monk
 
     srv, c, engine = live
     vid = register(c)
-    gate, futures = threading.Event(), []
-    run_round, submit = engine.backend.run_round, engine.submit
+    gate, futures, streamed = threading.Event(), [], []
+    run_round, submit, stream = engine.backend.run_round, engine.submit, engine.stream
 
     def gated_round(jobs, done):
         assert gate.wait(WAIT_S)
@@ -216,10 +216,15 @@ def test_stream_bound_429_and_a_disconnect_cancels_and_frees_its_slot(live, monk
         futures.append(submit(*a, **kw))
         return futures[-1]
 
+    def recording_stream(*a, **kw):
+        s = stream(*a, **kw)
+        streamed.append(s.future)
+        return s
+
     monkeypatch.setattr(engine.backend, "run_round", gated_round)  # streams stay open until the gate opens
     monkeypatch.setattr(engine, "submit", recording_submit)
+    monkeypatch.setattr(engine, "stream", recording_stream)
     body = speech(vid, stream_format="audio", response_format="wav")
-    slots = srv.app.state.streams
     with cf.ThreadPoolExecutor(2) as pool, c.stream("POST", "/v1/audio/speech", json=body) as a:
         whole = pool.submit(c.post, "/v1/audio/speech", json=speech(vid))
         with httpx.Client(base_url=srv.url, timeout=WAIT_S) as other, \
@@ -229,16 +234,16 @@ def test_stream_bound_429_and_a_disconnect_cancels_and_frees_its_slot(live, monk
             assert next(b_bytes)[:4] == b"RIFF"  # the header went out; no audio yet
             third = c.post("/v1/audio/speech", json=body)  # both slots taken
             assert third.status_code == 429 and int(third.headers["retry-after"]) >= 1
-            assert "2 streams are open" in third.json()["error"]["message"]
-        # b's client left: its job ends cancelled, before any of it ran, and its slot is free again
-        wait_until(lambda: slots.open == 1, "the disconnected stream's slot to be released")
+            assert "2 streams are open, the limit is 2" in third.json()["error"]["message"]
+        # b's client left: the server cancels its job at once (before any of it ran)
+        wait_until(lambda: streamed[1].job.cancelled.is_set(), "the server to cancel the disconnected stream")
         gate.set()
         wav = b"".join(a.iter_bytes())
         assert wav[:4] == b"RIFF" and len(wav) > 44
         assert whole.result(WAIT_S).status_code == 200  # whole-file requests never needed a stream slot
-    wait_until(lambda: slots.open == 0 and engine.queue_depth == 0, "every slot to be released")
-    cancelled = [f for f in futures if f.done() and isinstance(f.exception(), CancelledError)]
-    assert len(futures) == 3 and len(cancelled) == 1
+    wait_until(lambda: engine.health()["streams"] == 0 and engine.queue_depth == 0, "every slot to be released")
+    cancelled = [f for f in futures + streamed if isinstance(f.exception(), CancelledError)]
+    assert len(futures) == 1 and len(streamed) == 2 and cancelled == [streamed[1]]  # b's alone
     with c.stream("POST", "/v1/audio/speech", json=body) as r:
         assert r.status_code == 200 and len(b"".join(r.iter_bytes())) > 44
 
@@ -275,4 +280,4 @@ def test_healthz_reports_a_dead_model_worker(make_engine, tmp_path):
         assert c.get("/healthz").json() == {"status": "ok"}
         engine.close()
         r = c.get("/healthz")
-        assert r.status_code == 503 and "model worker is not running" in r.json()["error"]
+        assert r.status_code == 503 and "engine is closed" in r.json()["error"] and r.json()["closed"] is True

@@ -27,11 +27,12 @@ from editx.errors import (
     BackendUnsupportedError,
     CancelledError,
     EditxError,
+    EngineClosedError,
     ModelFilesError,
     QueueFullError,
     ValidationError,
 )
-from editx.server.limits import APIKeyMiddleware, BodyLimitMiddleware, StreamSlots
+from editx.server.limits import APIKeyMiddleware, BodyLimitMiddleware
 from editx.server.settings import ServerSettings
 from editx.server.voices import UnknownVoiceError
 from editx.server.voices_async import AsyncVoiceStore
@@ -40,6 +41,7 @@ from editx.server.voices_redis import StoreUnavailableError, make_voice_store
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+ENGINE_CLOSED_RETRY_S = 5  # a closed engine means this process is going away: retry (another replica)
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/static", "/openapi.json", "/docs")
 
 
@@ -91,13 +93,21 @@ def close_engine(engine) -> None:
     log.info("engine closed")
 
 
-def worker_health(engine) -> str | None:
-    """None while the engine's model worker runs; else what is wrong with it (for /healthz)."""
+def worker_health(engine) -> dict | None:
+    """None while the engine's model worker runs and makes progress; else its health() with an
+    `error` saying what is wrong (for /healthz, so a liveness probe restarts a wedged process)."""
     if engine is None:
         return None  # still loading: the process itself is fine
-    if not engine.alive:
-        return "the model worker is not running (engine closed or its thread died); restart the server"
-    return None
+    health = engine.health()
+    if health["alive"]:
+        return None
+    if health["stuck"]:
+        why = f"the model worker is stuck (no progress for {health['heartbeat_age_s']:.0f} s with work pending)"
+    elif health["closed"]:
+        why = "the engine is closed (the server is shutting down)"
+    else:
+        why = "the model worker is not running (its thread died); restart the server"
+    return {**health, "error": why}
 
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
@@ -131,6 +141,8 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
         return 499, "cancelled"
     if isinstance(exc, ModelFilesError):
         return 503, "model_unavailable"
+    if isinstance(exc, EngineClosedError):
+        return 503, "engine_closed"
     if isinstance(exc, StoreUnavailableError):
         return 503, "store_unavailable"
     return 500, "editx_error"
@@ -155,13 +167,13 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
     app.state.holder, app.state.settings, app.state.store = holder, settings, store
     app.state.voices = AsyncVoiceStore(store)
-    app.state.streams = StreamSlots(settings.max_streams)
 
     @app.exception_handler(EditxError)
     async def _editx_error(_request: Request, exc: EditxError):
         status, error = error_body(exc)
-        retry = isinstance(exc, (QueueFullError, StoreUnavailableError))
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if retry else None
+        retry_s = ENGINE_CLOSED_RETRY_S if isinstance(exc, EngineClosedError) else (
+            exc.retry_after_s if isinstance(exc, (QueueFullError, StoreUnavailableError)) else None)
+        headers = {"Retry-After": str(max(1, round(retry_s)))} if retry_s is not None else None
         return JSONResponse({"error": error}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -217,16 +229,19 @@ class _NotReady(ModelFilesError):
 async def await_job(request: Request, engine, future):
     """Await an Engine future without blocking the loop; cancel it if the client goes away."""
     wrapped = asyncio.wrap_future(future)
-    while True:
-        done, _ = await asyncio.wait({wrapped}, timeout=0.25)
-        if done:
-            return wrapped.result()
-        if await request.is_disconnected():
-            engine.cancel(future)
-            # the job's end (its CancelledError) is nobody's business now; retrieving it keeps
-            # asyncio from logging "exception was never retrieved" for every client that left
-            wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
-            raise CancelledError("client disconnected")
+    try:
+        while True:
+            done, _ = await asyncio.wait({wrapped}, timeout=0.25)
+            if done:
+                return wrapped.result()
+            if await request.is_disconnected():
+                raise CancelledError("client disconnected")
+    except (CancelledError, asyncio.CancelledError):  # the client left, or the server cancelled us
+        engine.cancel(future)
+        # the job's end (its CancelledError) is nobody's business now; retrieving it keeps
+        # asyncio from logging "exception was never retrieved" for every client that left
+        wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise
 
 
 def timeline_header(timeline: dict) -> str:

@@ -1,5 +1,4 @@
-"""The server's limits, each enforced in one place: request body size (413), API keys (401),
-and concurrent streams (429 + Retry-After).
+"""The server's request limits, each enforced in one place: body size (413) and API keys (401).
 
 The body and auth checks are plain ASGI middleware, not `BaseHTTPMiddleware`: an error raised under
 the latter reaches the app's handlers wrapped in an ExceptionGroup (a 500 with a traceback), and it
@@ -11,9 +10,6 @@ app never parses a byte past the limit.
 from __future__ import annotations
 
 import json
-import threading
-
-from editx.errors import QueueFullError
 
 # After the limit is passed, up to this much more of an upload is read and thrown away before the 413
 # goes out: a client still sending (HTTP/1.1 clients write the whole body before they read) then gets
@@ -98,32 +94,3 @@ class APIKeyMiddleware:
                 return await send_error(send, 401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
                                         "unauthorized", {"WWW-Authenticate": "Bearer"})
         return await self.app(scope, receive, send)
-
-
-class TooManyStreamsError(QueueFullError):
-    """Every streaming slot of this server is taken; retry later (429)."""
-
-
-class StreamSlots:
-    """A bound on the streaming responses open at once; `acquire` refuses at once when all are taken."""
-
-    def __init__(self, limit: int, retry_after_s: float = 1.0) -> None:
-        self.limit, self.retry_after_s = limit, retry_after_s
-        self._open = 0
-        self._lock = threading.Lock()
-
-    @property
-    def open(self) -> int:
-        return self._open
-
-    def acquire(self) -> None:
-        with self._lock:
-            if self._open >= self.limit:
-                raise TooManyStreamsError(f"{self.limit} streams are open, the server's limit (EDITX_MAX_STREAMS); "
-                                          "retry shortly or ask for the whole file without stream_format",
-                                          retry_after_s=self.retry_after_s)
-            self._open += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._open -= 1

@@ -16,7 +16,7 @@ router = APIRouter()
 async def healthz(request: Request):
     problem = worker_health(request.app.state.holder.engine)
     if problem is not None:
-        return JSONResponse({"status": "unhealthy", "error": problem}, status_code=503)
+        return JSONResponse({"status": "unhealthy", **problem}, status_code=503)
     return {"status": "ok"}
 
 

@@ -16,8 +16,8 @@ from editx.errors import ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
 from editx.server.schemas import EditJSONRequest, SpeechRequest
-from editx.server.streaming import EngineStreamingResponse, open_feed
-from editx.server.voices_async import voice_prompt
+from editx.server.streaming import ChunkFeed, EngineStreamingResponse
+from editx.server.voices_async import prompt_limits, voice_prompt
 
 router = APIRouter(tags=["audio"])
 
@@ -46,14 +46,14 @@ def parse_instructions(instructions: str | None, edit_type: str | None, edit_inf
 
 async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio", *,
                         prompt: bool = False) -> PromptAudio:
-    """Decode an upload within the server's length limits (a voice prompt's own when `prompt`)."""
+    """Decode an upload within the length limits (a voice prompt's own when `prompt`), checked
+    while decoding (a too-long file is refused from its header), before the engine sees it."""
     from editx.audio.io import load_audio
 
-    settings = request.app.state.settings
-    max_s = settings.prompt_max_seconds if prompt else settings.max_audio_seconds
+    limits = prompt_limits(request)
+    max_s = limits.max_s if prompt else request.app.state.settings.max_audio_seconds
     # the upload's own file name is never used, not even in messages
-    audio = await run_in_threadpool(load_audio, data, max_seconds=max_s, min_seconds=settings.prompt_min_seconds,
-                                    name=what)
+    audio = await run_in_threadpool(load_audio, data, max_seconds=max_s, min_seconds=limits.min_s, name=what)
     return PromptAudio(audio.samples, audio.sample_rate)
 
 
@@ -87,7 +87,7 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
     if stream_format == "audio" and fmt not in ("wav", "pcm"):
         raise ValidationError(f"streaming supports response_format wav or pcm, not {fmt}")
     engine.backend.check(req)
-    chunks, release = open_feed(request, engine, req)
+    chunks = ChunkFeed(engine, req)
     sentinel = object()
 
     async def gen():
@@ -120,7 +120,7 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
             chunks.close()  # cancels the job if the client went away
 
     media = "text/event-stream" if stream_format == "sse" else MEDIA_TYPES[fmt]
-    return EngineStreamingResponse(gen(), chunks, release, media_type=media,
+    return EngineStreamingResponse(gen(), chunks, media_type=media,
                                    headers={"X-Editx-Backend": engine.backend.name})
 
 

@@ -24,22 +24,14 @@ class ServerSettings:
     url_allowlist: tuple[str, ...] = ()  # prefixes of URLs the server may fetch audio from; empty: none
     data_dir: Path = field(default_factory=default_data_dir)
     model_name: str = "step-audio-editx"
-    # a voice prompt (registered or used) outside these bounds is refused before any model work:
-    # under a second carries too little of a voice; the LM window (8192 tokens at ~42 a second,
-    # text included) and upstream's 30 s tokenizer chunks make a minute a generous maximum
-    prompt_min_seconds: float = 1.0
-    prompt_max_seconds: float = 60.0
-    max_streams: int = 32  # streaming responses open at once; one more gets 429 + Retry-After
-    shutdown_grace_s: float = 30.0  # in-flight requests may finish for this long after SIGTERM
+    shutdown_grace_s: float = 30.0  # after SIGTERM, requests in flight may finish for this long
 
     def __post_init__(self) -> None:
         from editx.errors import ValidationError
 
-        if not 0 < self.prompt_min_seconds <= self.prompt_max_seconds:
-            raise ValidationError(f"prompt seconds must satisfy 0 < min <= max, got min={self.prompt_min_seconds} "
-                                  f"max={self.prompt_max_seconds}")
-        if self.max_streams < 1 or self.shutdown_grace_s < 0 or self.max_request_bytes < 1:
-            raise ValidationError("max_streams and max_request_bytes must be >= 1, shutdown_grace_s >= 0")
+        if self.shutdown_grace_s < 0 or self.max_request_bytes < 1:
+            raise ValidationError(f"shutdown_grace_s must be >= 0 and max_request_bytes >= 1, got "
+                                  f"{self.shutdown_grace_s} and {self.max_request_bytes}")
 
     @classmethod
     def from_env(cls, **overrides) -> ServerSettings:

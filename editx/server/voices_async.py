@@ -8,6 +8,7 @@ decode uploads and encode results either.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import anyio.to_thread
@@ -45,12 +46,27 @@ class AsyncVoiceStore:
         return await self._run(self.store.audio, voice_id)
 
 
+@dataclass(frozen=True)
+class PromptLimits:
+    min_s: float
+    max_s: float
+
+
+def prompt_limits(request) -> PromptLimits:
+    """The loaded engine's prompt bounds (EDITX_MIN_PROMPT_S / EDITX_MAX_PROMPT_S): the server checks
+    them while decoding, so a bad clip is refused before it is decoded whole or reaches the engine."""
+    from editx.server.app import engine_of
+
+    config = engine_of(request).config
+    return PromptLimits(config.min_prompt_s, config.max_prompt_s)
+
+
 async def voice_prompt(request, voice_id: str) -> tuple[Voice, PromptAudio]:
-    """A registered voice and its audio for a request. A voice outside the server's prompt bounds
-    (registered before they were set) is refused from its metadata, before its audio is read."""
+    """A registered voice and its audio for a request. A voice outside the prompt bounds (registered
+    before they were set) is refused from its metadata, before its audio is read."""
     from editx.audio.io import check_duration
 
-    settings, voices = request.app.state.settings, request.app.state.voices
-    voice = await voices.get(voice_id)
-    check_duration(f"voice {voice.id}", voice.duration_s, settings.prompt_min_seconds, settings.prompt_max_seconds)
-    return voice, await voices.audio(voice_id)
+    limits = prompt_limits(request)
+    voice = await request.app.state.voices.get(voice_id)
+    check_duration(f"voice {voice.id}", voice.duration_s, limits.min_s, limits.max_s)
+    return voice, await request.app.state.voices.audio(voice_id)
