@@ -351,3 +351,27 @@ def test_a_prompt_another_process_encodes_parks_its_job_not_the_worker(tmp_path)
     result = parked.result(timeout=WAIT_S)
     assert np.array_equal(result.audio, solo(locked)) and result.timeline["cache"]["prompt"] == "miss"
     eng.close()
+
+
+def test_a_worker_that_dies_fails_what_it_holds_and_reports_dead():
+    gate = threading.Event()
+    eng = make(FakeBackend(gate=gate), max_batch=1)
+    first = eng.submit(request(1))
+    deadline = time.monotonic() + WAIT_S
+    while eng.health()["in_flight"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = eng.submit(request(2))  # waits in the queue behind the first round
+
+    def broken() -> list:
+        raise RuntimeError("a bug in the worker loop")
+
+    eng._next_batch = broken  # the next loop after the first round hits it
+    gate.set()
+    assert first.result(timeout=WAIT_S).audio.size
+    err = second.exception(timeout=WAIT_S)
+    assert isinstance(err, EngineClosedError) and "worker stopped" in str(err)
+    h = eng.health()
+    assert not h["alive"] and not h["worker_running"] and not eng.alive
+    _, err = run_in_thread(lambda: eng._call(lambda: 1))
+    assert isinstance(err, EngineClosedError)
+    eng.close()  # closing a dead engine returns at once
