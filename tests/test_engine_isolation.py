@@ -78,7 +78,7 @@ def read_all(stream, into: list) -> None:
 FAULTS = st.sampled_from([None, None, None, "round", "job", "emit", "prepare", "check", "cancel"])
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=st.lists(st.tuples(FAULTS, st.booleans()), min_size=1, max_size=8),
        max_batch=st.integers(1, 4))
 def test_random_failures_stay_with_their_request(plan, max_batch):
@@ -273,6 +273,8 @@ def test_slow_reader_pauses_its_stream_then_a_stalled_one_is_cancelled():
     stalled.future.exception(timeout=WAIT_S)  # nobody reads: cancelled once idle for stream_stall_s
     with pytest.raises(StreamBackpressureError, match="read nothing"):
         list(stalled)
+    eng.close()
+    eng = make(backend, stream_buffer_s=2.0, stream_stall_s=WAIT_S, segment_max_chars=20)  # a loaded machine
     reader = eng.stream(CloneRequest(tone(), "prompt", text, seed=1))
     got = []
     for chunk in reader:
