@@ -56,7 +56,16 @@ def solo(req: CloneRequest, seconds_per_job: float = 0.05) -> np.ndarray:
 
 
 def assert_idle(eng: Engine, backend: FakeBackend) -> None:
-    h = eng.health()
+    """Queue, in-flight and stream counts and the backend's slots back to zero. A future's waiters
+    wake before its done callbacks (which release the counts) and the rest of its round have run,
+    so this waits for them (synchronisation only)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        h = eng.health()
+        idle = (h["queue_depth"], h["in_flight"], h["streams"], backend.slots) == (0, 0, 0, 0)
+        if idle or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
     assert (h["queue_depth"], h["in_flight"], h["streams"]) == (0, 0, 0), h
     assert backend.slots == 0
 
@@ -327,6 +336,10 @@ def test_failures_are_counted_once_with_their_backend_and_cache_tiers_that_exist
         eng.run(request(2, "job"), timeout=WAIT_S)
     assert count("ok") - ok0 == 1 and count("error") - err0 == 1
     assert lookups("memory", "miss") - miss0 == 2 and lookups("disk", "miss") == disk0  # no disk tier here
+    assert_idle(eng, eng.backend)
+    deadline = time.monotonic() + WAIT_S  # the worker sets the gauges after each round
+    while v("editx_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert v("editx_queue_depth") == 0 and v("editx_in_flight") == 0
     eng.close()
 
