@@ -98,9 +98,10 @@ class EngineConfig:
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
     stream_prime: bool = True  # prompt side of the streaming flow made once per voice (False: per request)
-    # opt-in: offline rounds decode against that per-voice prime too (far less flow work for short
-    # outputs; close to, not equal to, upstream's one-pass output, which stays the default)
-    offline_prime: bool = False
+    # offline clones decode against that per-voice prime too: far less flow work, and closer to
+    # upstream's one-pass output than two one-pass runs with different noise are to each other
+    # (docs/PERFORMANCE.md); False (--exact-flow) runs upstream's one pass
+    offline_prime: bool = True
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences

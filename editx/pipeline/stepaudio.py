@@ -317,7 +317,7 @@ class StepAudioBackend:
                 mixed = lm_ids_to_mixed(ids, drop_invalid=True)
                 # a clone's prime is shared by its voice's requests (an edit's input is new each time)
                 use_prime = self.config.offline_prime and job.step.op == "clone" and mixed.size
-                prime = self._stream_prime(job) if use_prime else None  # its own stage on a miss
+                prime = self._offline_prime(job) if use_prime else None  # its own stage on a miss
                 enc, t0 = job.prompt, job.timeline.elapsed()
                 fj = self.decoder.flow_job(enc.mixed, enc.mel, enc.spk, mixed, primed=prime,
                                            n_steps=self.config.flow_steps)
@@ -339,6 +339,15 @@ class StepAudioBackend:
                          frames=fj.frames, cached_frames=fj.cached, solve_s=round(solve_s, 6), **attrs)
             mels[i] = mel
         return mels
+
+    def _offline_prime(self, job):
+        """The voice's prime for an offline clone, or None (the exact one pass) when making it
+        failed: the prime only saves work, so its failure must not fail the request."""
+        try:
+            return self._stream_prime(job)
+        except Exception:  # noqa: BLE001 - fall back to upstream's one pass
+            log.warning("flow prime failed; decoding this clone in one pass", exc_info=True)
+            return None
 
     def _solve_alone(self, fj, steps: int):
         try:
