@@ -306,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
                    "prompt_audio": str(prompt_path), "prompt_s": reqs.prompt.duration_s, "runs": args.runs,
                    "pairs": args.pairs, "ops": args.ops, "a": a_spec, "b": b_spec, "seed": args.seed,
                    "note": args.note, "engine": _config_dict(config)},
-        "series": [], "ab": [], "stream": None, "stream_texts": [], "sweeps": {}, "lm": None, "load": None, "targets": [],
+        "series": [], "ab": [], "stream": None, "stream_texts": [], "sweeps": {}, "lm": None, "load": None, "compute": None,
+        "targets": [],
     }
     oracle = None
     if args.quality:
@@ -346,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
                                                       runs=max(1, args.stream_text_runs), fixture=bool(fixture))
         if sweeps:
             report["sweeps"] = run_sweeps(args, pool, main_arm, reqs, sorted(sweeps))
+        report["compute"] = _compute_section(pool, report)
         if args.lm or args.all:
             pool.activate(main_arm)
             report["lm"] = bench_runs.lm_section(main_arm.engine.backend, prompt_len=args.lm_prompt_len,
@@ -362,6 +364,23 @@ def run(args: argparse.Namespace) -> int:
     print(report_mod.markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths if p is not None))
     return 0
+
+
+def _compute_section(pool, report: dict) -> dict[str, Any]:
+    """The measured matmul peaks (float32, bfloat16) and, per arm, each stage's achieved GFLOP/s
+    over its warm offline runs and the fraction of the peak of the dtype it ran in."""
+    from editx import bench_compute
+    from editx.config import resolve_device, resolve_dtype
+
+    peak = bench_compute.peaks(resolve_device(pool.arms[0].config.device) if pool.arms else "cpu")
+    arms = {}
+    for s in report["series"]:
+        arm = next(a for a in pool.arms if a.name == s["arm"])
+        dtype = str(resolve_dtype(arm.config.dtype, resolve_device(arm.config.device))).removeprefix("torch.")
+        warm = [r for r in s["runs"] if not r["cold"]] or s["runs"]
+        arms[f"{s['arm']}:{s['op']}"] = {"dtype": dtype, "quantize": arm.config.quantize,
+                                         "stages": bench_compute.summarize(warm, peak, dtype)}
+    return {"peak_gflop_s": peak, "threads": pool.arms[0].threads if pool.arms else None, "arms": arms}
 
 
 def _series(arm, op: str, runs: list, report_mod) -> dict[str, Any]:
