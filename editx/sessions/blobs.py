@@ -1,4 +1,5 @@
-"""Content-addressed audio files: one float32 WAV per distinct content, named by its BLAKE2b."""
+"""Content-addressed audio files: one float32 WAV per distinct content, named by the BLAKE2b of its
+samples and rate (not of the file: libsndfile stamps float WAVs with the time they were written)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from editx.errors import EditxError
 from editx.pipeline.types import PromptAudio
 
 
-def digest_of(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def digest_of(audio: PromptAudio) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(int(audio.sample_rate).to_bytes(4, "little"))
+    h.update(np.ascontiguousarray(audio.samples, dtype="<f4").tobytes())
+    return h.hexdigest()
 
 
 def audio_bytes(audio: PromptAudio) -> bytes:
@@ -47,10 +51,10 @@ class BlobDir:
         return self.root / digest[:2] / f"{digest}.wav"
 
     def put(self, audio: PromptAudio) -> tuple[str, int]:
-        data = audio_bytes(audio)
-        digest = digest_of(data)
+        digest = digest_of(audio)
         path = self.path(digest)
         if not path.exists():  # the same content is stored once
+            data = audio_bytes(audio)
             path.parent.mkdir(exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             with open(tmp, "wb") as fh:
@@ -58,7 +62,7 @@ class BlobDir:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        return digest, len(data)
+        return digest, path.stat().st_size
 
     def get(self, digest: str) -> PromptAudio:
         path = self.path(digest)
@@ -66,9 +70,10 @@ class BlobDir:
             data = path.read_bytes()
         except FileNotFoundError:
             raise EditxError(f"the audio {digest} is missing from {self.root}") from None
-        if digest_of(data) != digest:
+        audio = audio_from_bytes(data, digest)
+        if digest_of(audio) != digest:
             raise EditxError(f"the stored audio {digest} is corrupt (checksum mismatch)")
-        return audio_from_bytes(data, digest)
+        return audio
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

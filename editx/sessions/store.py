@@ -27,6 +27,10 @@ from editx.pipeline.types import PromptAudio
 log = logging.getLogger(__name__)
 
 
+def _now() -> float:
+    return time.time()
+
+
 class SessionNotFoundError(EditxError):
     """No such session (or it expired), or no such version in that session."""
 
@@ -187,7 +191,7 @@ class SQLiteSessionStore:
         return v
 
     def create(self, name: str, root: NewVersion) -> tuple[Session, Version]:
-        now = time.time()
+        now = _now()
         sid = new_id("sess")
         name = (name or "").strip()[:100] or "session"
         with self._tx() as c:
@@ -198,17 +202,17 @@ class SQLiteSessionStore:
         return Session(sid, name, v.id, now, now, now + self.limits.ttl_s), v
 
     def get(self, session_id: str) -> Session:
-        return self._session(self._conn(), session_id, time.time())
+        return self._session(self._conn(), session_id, _now())
 
     def versions(self, session_id: str) -> list[Version]:
         c = self._conn()
-        self._session(c, session_id, time.time())
+        self._session(c, session_id, _now())
         rows = c.execute("SELECT * FROM versions WHERE session_id=? ORDER BY created_at, rowid", (session_id,))
         return [_version(r) for r in rows.fetchall()]
 
     def version(self, session_id: str, version_id: str) -> Version:
         c = self._conn()
-        self._session(c, session_id, time.time())
+        self._session(c, session_id, _now())
         check_id(version_id, "ver", "version")
         row = c.execute("SELECT * FROM versions WHERE id=? AND session_id=?", (version_id, session_id)).fetchone()
         if row is None:
@@ -216,7 +220,7 @@ class SQLiteSessionStore:
         return _version(row)
 
     def add_version(self, session_id: str, parent_id: str, new: NewVersion) -> Version:
-        now = time.time()
+        now = _now()
         with self._tx() as c:  # one write transaction: concurrent edits become siblings, none is lost
             self._session(c, session_id, now)
             if c.execute("SELECT 1 FROM versions WHERE id=? AND session_id=?", (parent_id, session_id)).fetchone() is None:
@@ -231,7 +235,7 @@ class SQLiteSessionStore:
         return v
 
     def set_current(self, session_id: str, version_id: str) -> Session:
-        now = time.time()
+        now = _now()
         with self._tx() as c:
             self._session(c, session_id, now)
             check_id(version_id, "ver", "version")
@@ -245,7 +249,7 @@ class SQLiteSessionStore:
 
     def delete(self, session_id: str) -> None:
         with self._tx() as c:
-            self._session(c, session_id, time.time())
+            self._session(c, session_id, _now())
             self._drop(c, [session_id])
         self._collect()
 
@@ -258,7 +262,7 @@ class SQLiteSessionStore:
 
     def _enforce_bounds(self, keep: str) -> None:
         """Drop expired sessions, then the least recently changed ones while over a bound."""
-        now = time.time()
+        now = _now()
         with self._tx() as c:
             expired = [r[0] for r in c.execute("SELECT id FROM sessions WHERE updated_at < ?",
                                                (now - self.limits.ttl_s,)).fetchall()]
