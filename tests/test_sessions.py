@@ -3,6 +3,7 @@ addressing) and the HTTP flow on the lite backend, with a server restart in the 
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,8 +25,20 @@ def _new(seed: int, op: str = "edit", text: str = "hello") -> NewVersion:
 
 
 # ---- store ---------------------------------------------------------------------------------------
-def test_tree_current_undo_and_restart(tmp_path):
-    store = SQLiteSessionStore(tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request, tmp_path):
+    """Builds stores over one place (SQLite file or Redis prefix): a second one is a restarted server."""
+    if request.param == "sqlite":
+        return lambda limits=None: SQLiteSessionStore(tmp_path, limits)
+    from editx.sessions.redis_store import RedisSessionStore
+
+    url = request.getfixturevalue("redis_url")
+    prefix = f"test:{tmp_path.name}:"
+    return lambda limits=None: RedisSessionStore(url, limits, prefix=prefix)
+
+
+def test_tree_current_undo_and_restart(make_store):
+    store = make_store()
     session, root = store.create("demo", _new(0, "upload"))
     a = store.add_version(session.id, root.id, _new(1))
     b = store.add_version(session.id, a.id, _new(2))
@@ -34,7 +47,7 @@ def test_tree_current_undo_and_restart(tmp_path):
     branch = store.add_version(session.id, root.id, _new(3))  # editing an older version branches
     assert store.get(session.id).current == branch.id
 
-    again = SQLiteSessionStore(tmp_path)  # a restarted server reads the same files
+    again = make_store()  # a restarted server reads the same files
     tree = service.describe(again, session.id)
     by_id = {v["id"]: v for v in tree["versions"]}
     assert tree["current"] == branch.id and tree["name"] == "demo"
@@ -46,8 +59,8 @@ def test_tree_current_undo_and_restart(tmp_path):
         service.undo(again, session.id)
 
 
-def test_not_found_cases(tmp_path):
-    store = SQLiteSessionStore(tmp_path)
+def test_not_found_cases(make_store):
+    store = make_store()
     s1, r1 = store.create("one", _new(0, "upload"))
     s2, r2 = store.create("two", _new(1, "upload"))
     for call in (lambda: store.get("sess_0123456789abcdef"), lambda: store.get("../../etc"),
@@ -62,14 +75,14 @@ def test_not_found_cases(tmp_path):
     assert store.get(s2.id).current == r2.id
 
 
-def test_concurrent_edits_of_one_version_become_siblings(tmp_path):
-    store = SQLiteSessionStore(tmp_path)
+def test_concurrent_edits_of_one_version_become_siblings(make_store):
+    store = make_store()
     session, root = store.create("c", _new(0, "upload"))
     made, errors = [], []
 
     def add(k):
         try:
-            made.append(SQLiteSessionStore(tmp_path).add_version(session.id, root.id, _new(10 + k)))
+            made.append(make_store().add_version(session.id, root.id, _new(10 + k)))
         except Exception as exc:  # noqa: BLE001 - collected for the assert
             errors.append(exc)
 
@@ -128,6 +141,21 @@ def test_expiry_and_size_bound(tmp_path, monkeypatch):
     assert store.get(newest[-1].id)
     total = sum(f.stat().st_size for f in (tmp_path / "sessions").rglob("*.wav"))
     assert total <= limits.max_bytes
+
+
+def test_redis_sessions_expire_with_their_audio(redis_url):
+    from editx.sessions.redis_store import RedisSessionStore
+
+    store = RedisSessionStore(redis_url, SessionLimits(ttl_s=0.3), prefix="test:expiry:")
+    s, root = store.create("brief", _new(0, "upload"))
+    keys = store._client.keys("test:expiry:*")
+    assert len(keys) == 3 and all(0 < store._client.pttl(k) <= 300 for k in keys)  # session, versions, audio
+    deadline = time.monotonic() + 30
+    while store._client.exists(*keys) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(SessionNotFoundError, match="expired"):
+        store.get(s.id)
+    assert not store._client.keys("test:expiry:*")
 
 
 # ---- HTTP on the lite backend --------------------------------------------------------------------
