@@ -189,10 +189,10 @@ def _parse_line(number: int, raw: str, mapper) -> ScriptItem:
     if len(text) > MAX_LINE_CHARS:
         raise ScriptError(number, text_start + 1, f"the line's text is {len(text)} characters; the limit is "
                                                   f"{MAX_LINE_CHARS}")
-    plain, tagged = _text_and_tags(number, raw, text_start)
+    plain, tagged, tag_column = _text_and_tags(number, raw, text_start)
     if tagged is not None:
         edits.append(Edit("paralinguistic"))
-        columns.append(text_start + 1)
+        columns.append(tag_column)
     if len(edits) > MAX_EDITS_PER_LINE:
         raise ScriptError(number, columns[MAX_EDITS_PER_LINE], f"more than {MAX_EDITS_PER_LINE} edits on one line")
     return SpokenLine(number, voice, plain, tagged, tuple(edits), speed, tuple(columns), voice_col)
@@ -214,10 +214,11 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def _text_and_tags(number: int, raw: str, start: int) -> tuple[str, str | None]:
-    """(text without sound tags, text with them or None); an unknown or unclosed tag is an error."""
+def _text_and_tags(number: int, raw: str, start: int) -> tuple[str, str | None, int]:
+    """(text without sound tags, text with them or None, column of the first sound tag); an unknown
+    or unclosed tag is an error."""
     paralinguistic, language = _tags()
-    plain, has_sound, pos = [], False, start
+    plain, first_sound, pos = [], 0, start
     for m in re.finditer(r"\[|\]", raw[start:]):
         i = start + m.start()
         if i < pos:
@@ -229,7 +230,7 @@ def _text_and_tags(number: int, raw: str, start: int) -> tuple[str, str | None]:
             raise ScriptError(number, i + 1, "'[' is never closed with ']'")
         tag = raw[i:end + 1]
         if tag in paralinguistic:
-            has_sound = True
+            first_sound = first_sound or i + 1
             plain.append(raw[pos:i])
         elif tag in language:
             plain.append(raw[pos:end + 1])
@@ -239,7 +240,7 @@ def _text_and_tags(number: int, raw: str, start: int) -> tuple[str, str | None]:
         pos = end + 1
     plain.append(raw[pos:])
     text = " ".join("".join(plain).split())
-    tagged = " ".join(raw[start:].split()) if has_sound else None
+    tagged = " ".join(raw[start:].split()) if first_sound else None
     if not text:
         raise ScriptError(number, start + 1, "a line needs words to speak, not only sound tags")
-    return text, tagged
+    return text, tagged, first_sound
