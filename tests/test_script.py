@@ -240,3 +240,51 @@ def test_bad_and_good_scripts_concurrently(client, lite):
         if needle:
             assert needle in r.json()["error"]["message"], r.text
     assert results[0].content == results[-1].content and len(results[0].content) > 0
+
+
+# ---- the editx backend (tiny random-weight fixture): every edit type, batched across voices -------
+@pytest.mark.slow
+def test_editx_backend_script_with_emotion_style_and_sound_tags(make_engine, tmp_path, one_torch_thread):
+    from editx.script.render import ScriptRender, render_all
+    from editx.server.voices import SQLiteVoiceStore
+
+    engine = make_engine()
+    store = SQLiteVoiceStore(tmp_path / "data")
+    for k, name in enumerate(("alice", "bob", "carol")):
+        store.add(name, f"{name} speaking", speechlike(1.5, seed=10 + k))
+    script = ("[alice] [emotion:happy] We did it! [Laughter]\n[bob | style:whisper] Keep it down.\n[pause 0.3]\n"
+              "[carol] Fine.\n")
+    plan = _plan(engine, store, script, seed=3)
+    assert [(p.first.edit_type, [e.type for e in p.more]) for p in plan.lines] == [
+        ("emotion", ["paralinguistic"]), ("style", []), (None, [])]
+
+    rounds: list[list[str]] = []
+    run_round = engine.backend.run_round
+
+    def recording(jobs, done):
+        rounds.append([j.request.op for j in jobs])
+        return run_round(jobs, done)
+
+    engine.backend.run_round = recording
+    gate = threading.Event()
+    blocker = threading.Thread(target=engine._call, args=(gate.wait,))  # hold the worker while lines queue up
+    blocker.start()
+    try:
+        render = ScriptRender(engine, plan)
+        render._fill()  # every line submitted at once, as the iterator does before it first waits
+        gate.set()
+        parts = list(render)
+    finally:
+        gate.set()
+        blocker.join(30)
+        engine.backend.run_round = run_round
+    assert rounds[0] == ["clone", "clone", "clone"]  # three voices' lines decoded as one batch
+    audio = np.concatenate([p for p, _ in parts])
+    segs = [s for _, s in parts]
+    assert segs[0]["edits"] == [{"type": "emotion", "info": "happy"}, {"type": "paralinguistic", "info": None}]
+    assert segs[0]["tagged_text"] == "We did it! [Laughter]" and segs[0]["text"] == "We did it!"
+    assert segs[-1]["end_sample"] == audio.size and np.isfinite(audio).all()
+    carol = engine.run(plan.lines[2].first).audio  # batched output == the line alone (seeded)
+    np.testing.assert_array_equal(audio[segs[-1]["start_sample"]:], carol)
+    again, _ = render_all(engine, plan)
+    np.testing.assert_array_equal(again, audio)  # the same seed renders the same script

@@ -287,3 +287,24 @@ def test_session_errors_are_404_json(tmp_path):
         r = c.post("/v1/sessions", content=b"x", headers={"content-type": "text/plain"})
         assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
 
+
+
+@pytest.mark.slow
+def test_editx_backend_session_emotion_then_sound_tag(make_engine, tmp_path, one_torch_thread):
+    with _app(make_engine(), tmp_path / "data") as c:
+        r = c.post("/v1/sessions", files={"file": ("a.wav", _wav(speechlike(1.5, seed=2)), "audio/wav")},
+                   data={"text": "we did it"})
+        sid, root = r.json()["session"]["id"], r.json()["version"]
+        happy = c.post(f"/v1/sessions/{sid}/edits", json={"edit_type": "emotion", "edit_info": "happy", "seed": 1})
+        assert happy.status_code == 201, happy.text
+        happy = happy.json()["version"]
+        laugh = c.post(f"/v1/sessions/{sid}/edits", json={"edit_type": "paralinguistic",
+                                                          "text": "we did it [Laughter]", "seed": 2}).json()["version"]
+        assert happy["text"] == "we did it" and laugh["text"] == "we did it [Laughter]"  # what the audio now says
+        assert laugh["parent"] == happy["id"] and happy["timeline"]["lm_tokens"] > 0
+        # a branch from the root with the same seed reproduces the first edit exactly
+        again = c.post(f"/v1/sessions/{sid}/edits", json={"version": root["id"], "edit_type": "emotion",
+                                                          "edit_info": "happy", "seed": 1}).json()["version"]
+        assert again["audio"] == happy["audio"] and again["id"] != happy["id"]
+        r = c.post(f"/v1/sessions/{sid}/edits", json={"edit_type": "paralinguistic", "text": "x [Nope]"})
+        assert r.status_code == 400 and "[Nope]" in r.json()["error"]["message"]
