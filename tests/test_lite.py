@@ -203,7 +203,7 @@ def oracle():
 
 def test_model_assembly_is_checked_and_repaired(backend, tmp_path, monkeypatch):
     assert backend.model_path.stat().st_size == kokoro.MODEL_BYTES
-    monkeypatch.setenv(kokoro.DATA_ENV, str(tmp_path))
+    monkeypatch.setenv("EDITX_DATA_DIR", str(tmp_path))
     root = kokoro.data_dir()
     assert root == tmp_path / "lite"
     root.mkdir()
