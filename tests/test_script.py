@@ -77,11 +77,16 @@ def test_plain_word_items_go_through_the_mapper():
 
     def mapper(words):
         if words == "sound happier":
-            return "emotion", "happy"
+            return [("emotion", "happy")]
+        if words == "whisper, very slowly":
+            return [("style", "whisper"), ("speed", "slower"), ("speed", "slower")]
         raise ValidationError(f"cannot map {words!r}")
 
     (line,) = parse_script("[alice | sound happier] Hi.", instruction_mapper=mapper)
     assert line.edits == (_edit("emotion", "happy"),)
+    (line,) = parse_script("[alice] [whisper, very slowly] Hi.", instruction_mapper=mapper)
+    assert line.edits == (_edit("style", "whisper"), _edit("speed", "slower"), _edit("speed", "slower"))
+    assert line.edit_columns == (10, 10, 10)
     with pytest.raises(ScriptError, match="line 1, column 10: cannot map 'sound grumpy'"):
         parse_script("[alice | sound grumpy] Hi.", instruction_mapper=mapper)
 

@@ -87,8 +87,9 @@ def _edit_types() -> dict[str, tuple[str, ...]]:
 def parse_script(text: str, *, instruction_mapper=None) -> list[ScriptItem]:
     """The script's spoken lines and pauses, in order. Raises ScriptError naming line and column.
 
-    `instruction_mapper(words) -> (type, info)` turns a plain-words item into an edit (raising
-    ValidationError when it cannot); without one, plain words are an error that shows the form."""
+    `instruction_mapper(words) -> [(type, info), ...]` turns a plain-words item into edits, in order
+    (raising ValidationError when it cannot); without one, plain words are an error that shows the
+    `type:value` form."""
     if not isinstance(text, str):
         raise ValidationError("script must be a string")
     if len(text) > MAX_SCRIPT_CHARS:
@@ -173,13 +174,13 @@ def _parse_line(number: int, raw: str, mapper) -> ScriptItem:
             columns.append(col)
         elif k == 0 and _BARE.match(item):
             voice, voice_col = _voice(number, col, item, voice), col
-        elif mapper is not None and " " in item:
+        elif mapper is not None:
             try:
-                edit_type, info = mapper(item)
+                mapped = list(mapper(item))
             except ValidationError as exc:
                 raise ScriptError(number, col, str(exc)) from None
-            edits.append(Edit(edit_type, info))
-            columns.append(col)
+            edits += [Edit(edit_type, info) for edit_type, info in mapped]
+            columns += [col] * len(mapped)
         else:
             hint = "a voice goes first in a line's directives; " if _BARE.match(item) else ""
             raise ScriptError(number, col, f"{item!r} is not a voice or an edit; {hint}write edits as type:value, "

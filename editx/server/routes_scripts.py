@@ -70,8 +70,22 @@ def voice_resolver(store, mapping: dict[str, str]):
 
 
 def instruction_mapper():
-    """The plain-words instruction mapper of /v1/audio/speech, when this build has one."""
-    return None
+    """Plain words -> [(type, info), ...] through the instruction mapper of /v1/audio/speech, when
+    this build has one (an edit asked for N rounds appears N times); None otherwise."""
+    try:
+        from editx.pipeline.instructions import parse_instructions
+    except ImportError:
+        return None
+
+    def mapper(words: str) -> list[tuple[str, str | None]]:
+        out = []
+        for m in parse_instructions(words):
+            if getattr(m, "tag", None):
+                raise ValidationError(f"put sounds in the line's text as tags, e.g. 'Hello {m.tag}'")
+            out += [(m.edit_type, m.edit_info)] * m.iterations
+        return out
+
+    return mapper
 
 
 def make_plan(request: Request, engine, body: ScriptRequest) -> ScriptPlan:
