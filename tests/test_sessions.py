@@ -143,6 +143,15 @@ def test_expiry_and_size_bound(tmp_path, monkeypatch):
     assert total <= limits.max_bytes
 
 
+def test_limits_from_the_environment(monkeypatch):
+    monkeypatch.setenv("EDITX_SESSION_TTL_S", "3600")
+    monkeypatch.setenv("EDITX_SESSION_MAX_VERSIONS", "12")
+    assert SessionLimits.from_env() == SessionLimits(ttl_s=3600.0, max_versions=12)
+    monkeypatch.setenv("EDITX_SESSION_MAX_BYTES", "lots")
+    with pytest.raises(ValidationError, match="EDITX_SESSION_MAX_BYTES"):
+        SessionLimits.from_env()
+
+
 def test_redis_sessions_expire_with_their_audio(redis_url):
     from editx.sessions.redis_store import RedisSessionStore
 

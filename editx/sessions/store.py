@@ -42,6 +42,15 @@ class SessionLimits:
     max_bytes: int = 2 * 2**30  # all sessions' audio together
     max_sessions: int = 10_000
 
+    @classmethod
+    def from_env(cls) -> SessionLimits:
+        """Defaults, then EDITX_SESSION_TTL_S / _MAX_VERSIONS / _MAX_BYTES (editx.config.ENV_TABLE)."""
+        from editx.config import env_value
+
+        names = {"ttl_s": "EDITX_SESSION_TTL_S", "max_versions": "EDITX_SESSION_MAX_VERSIONS",
+                 "max_bytes": "EDITX_SESSION_MAX_BYTES"}
+        return cls(**{f: v for f, name in names.items() if (v := env_value(name)) is not None})
+
     def __post_init__(self) -> None:
         if self.ttl_s <= 0 or self.max_versions < 1 or self.max_bytes < 2**20 or self.max_sessions < 1:
             raise ValidationError("session limits: ttl_s > 0, max_versions >= 1, max_bytes >= 1 MiB, max_sessions >= 1")
@@ -316,6 +325,6 @@ def make_session_store(settings, limits: SessionLimits | None = None, redis_url:
     if redis_url:
         from editx.sessions.redis_store import RedisSessionStore
 
-        return RedisSessionStore(redis_url, limits)
-    return SQLiteSessionStore(settings.data_dir, limits)
+        return RedisSessionStore(redis_url, limits or SessionLimits.from_env())
+    return SQLiteSessionStore(settings.data_dir, limits or SessionLimits.from_env())
 
