@@ -68,6 +68,8 @@ def test_script_size_limits_checked_by_the_parser():
         parse_script("\n".join(["[a] hi"] * (MAX_SCRIPT_ITEMS + 1)))
     with pytest.raises(Exception, match="limit is 100000"):
         parse_script("x" * 100_001)
+    with pytest.raises(ScriptError, match="line 32: the script's pauses add up to more than 300 s"):
+        parse_script("[a] hi\n" + "[pause 10]\n" * 40)
     with pytest.raises(Exception, match="no line to speak"):
         parse_script("# only a comment\n[pause 1]")
 
@@ -294,3 +296,74 @@ def test_editx_backend_script_with_emotion_style_and_sound_tags(make_engine, tmp
     np.testing.assert_array_equal(audio[segs[-1]["start_sample"]:], carol)
     again, _ = render_all(engine, plan)
     np.testing.assert_array_equal(again, audio)  # the same seed renders the same script
+
+
+# ---- the renderer's scheduling, on a fake engine whose jobs finish when the test says ------------
+class _FakeEngine:
+    def __init__(self, hold_text):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(max_batch=2, queue_size=64)
+        self.backend = SimpleNamespace(name="fake", sample_rate=8000)
+        self.hold_text, self.held, self.submitted, self.cancelled = hold_text, [], [], []
+
+    def edit_options(self):
+        return {"vad": [], "speed": ["faster"]}
+
+    def submit(self, request):
+        from concurrent.futures import Future
+        from types import SimpleNamespace
+
+        text = getattr(request, "text", None) or request.audio_text
+        self.submitted.append(text)
+        fut = Future()
+        if text == self.hold_text:
+            self.held.append(fut)  # this line's jobs wait for the test
+        else:
+            fut.set_result(SimpleNamespace(audio=np.full(10, 0.5, np.float32)))
+        return fut
+
+    def cancel(self, fut):
+        self.cancelled.append(fut)
+
+
+def _fake_plan(engine, script):
+    from editx.script.render import VoiceRef, plan_script
+
+    voice = VoiceRef("a", None, speechlike(1.0, seed=1), "a speaking")
+    return plan_script(parse_script(script), engine, lambda label: voice, seed=1, gap_s=0.0)
+
+
+def test_a_slow_line_does_not_let_later_lines_pile_up():
+    from types import SimpleNamespace
+
+    from editx.script.render import ScriptRender
+
+    engine = _FakeEngine(hold_text="slow line")
+    script = "[a|vad|vad] slow line\n" + "\n".join(f"line {i}" for i in range(2, 12))
+    render = ScriptRender(engine, _fake_plan(engine, script))
+    for _ in range(20):  # what __next__ does while it waits for line 1
+        render._fill()
+        if len(render._inflight) > 1:
+            render._wait_one()
+    assert len(engine.submitted) == 1 + 2 * render.window - 1  # line 1 + the next 3 lines, no more
+    for step in range(2):  # line 1: its clone with the first vad attached, then the second vad on that
+        engine.held[step].set_result(SimpleNamespace(audio=np.full(20, 0.1, np.float32)))
+        render._wait_one()
+        render._fill()
+    out = list(render)
+    assert [s["line"] for _, s in out] == list(range(1, 12)) and out[0][0].size == 20
+    assert engine.submitted.count("slow line") == 2  # clone(+vad), then one more vad on its output
+
+
+def test_a_failing_line_is_named_and_keeps_its_error_type():
+    from editx.errors import QueueFullError
+    from editx.script.render import ScriptRender
+
+    engine = _FakeEngine(hold_text="line 3")
+    render = ScriptRender(engine, _fake_plan(engine, "[a] line 1\n\nline 3\nline 4"))
+    render._fill()
+    engine.held[0].set_exception(QueueFullError("the request queue is full", retry_after_s=2.0))
+    with pytest.raises(QueueFullError, match="^line 3: the request queue is full") as err:
+        list(render)
+    assert err.value.retry_after_s == 2.0 and not render._inflight

@@ -27,6 +27,7 @@ MAX_SCRIPT_CHARS = 100_000
 MAX_SCRIPT_ITEMS = 500  # spoken lines + pauses
 MAX_LINE_CHARS = 2_000  # the text of one spoken line
 MAX_PAUSE_S = 10.0
+MAX_TOTAL_PAUSE_S = 300.0
 MAX_EDITS_PER_LINE = 4
 
 _PAUSE = re.compile(r"^pause\s*(?:[:=]\s*|\s+)([0-9]*\.?[0-9]+)\s*(?:s|sec|seconds?)?$", re.IGNORECASE)
@@ -103,6 +104,16 @@ def parse_script(text: str, *, instruction_mapper=None) -> list[ScriptItem]:
         if len(items) > MAX_SCRIPT_ITEMS:
             raise ScriptError(number, None, f"the script has more than {MAX_SCRIPT_ITEMS} lines and pauses "
                                             "(the limit); split it into several requests")
+    pauses = [i for i in items if isinstance(i, Pause)]
+    if sum(p.seconds for p in pauses) > MAX_TOTAL_PAUSE_S:
+        total, over = 0.0, pauses[-1]
+        for p in pauses:
+            total += p.seconds
+            if total > MAX_TOTAL_PAUSE_S:
+                over = p
+                break
+        raise ScriptError(over.line, None, f"the script's pauses add up to more than {MAX_TOTAL_PAUSE_S:g} s "
+                                           "(the limit)")
     if not any(isinstance(i, SpokenLine) for i in items):
         raise ValidationError("the script has no line to speak")
     return items

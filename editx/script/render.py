@@ -128,7 +128,8 @@ class _Chain:
 
 class ScriptRender(Iterator[tuple[np.ndarray, dict]]):
     """Yields (samples to append, segment) in script order; samples include the gap before a line.
-    Lines are rendered `window` at a time ahead of the one being handed out; close() cancels."""
+    Up to `window` jobs run at once, and no line more than 2 x window ahead of the one being handed
+    out is started (a slow line never lets the rest pile up in memory); close() cancels."""
 
     def __init__(self, engine, plan: ScriptPlan, window: int | None = None) -> None:
         self.engine, self.plan = engine, plan
@@ -184,6 +185,8 @@ class ScriptRender(Iterator[tuple[np.ndarray, dict]]):
     def _fill(self) -> None:
         while self._queued and len(self._inflight) < self.window:
             i = self._queued[0]
+            if self._chains[i].jobs_done == 0 and i >= self._line + 2 * self.window:
+                return  # bounded look-ahead: finished lines wait in memory until they are handed out
             try:
                 self._submit(i)
             except QueueFullError:
