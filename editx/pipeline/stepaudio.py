@@ -378,10 +378,10 @@ class StepAudioBackend:
         sampling = replace(self.config.sampling, max_new_tokens=WARMUP_TOKENS)
         req = CloneRequest(PromptAudio(samples, 16000), "warm up", "warm up", seed=0, sampling=sampling)
         job = Job(request=req, steps=plan_steps(req, native_speed=False), timeline=Timeline(op="warmup"),
-                  future=Future(), generator=torch.Generator().manual_seed(0))
+                  future=Future(), generator=torch.Generator().manual_seed(0), backend=self.name)
         job.current = req.prompt_audio
         job.prompt = self.encode_prompt(job.current)
-        self.run_round([job])
+        self.run_round([job], lambda _job: None)
         if job.future.done():
             job.future.result()  # surface a warm-up failure
         # the streaming decode too: its setup and chunk shapes differ from the offline flow's
