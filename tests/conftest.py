@@ -44,7 +44,9 @@ def tiny_backend(tiny_model_dir):
     from editx.pipeline.stepaudio import StepAudioBackend
 
     torch.set_num_threads(2)
-    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4)
+    # goldens pin the float32 path: `auto` would pick bfloat16 on a CPU with native bf16
+    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4,
+                       dtype="float32")
     return StepAudioBackend.load(cfg)
 
 

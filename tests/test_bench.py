@@ -18,7 +18,8 @@ from editx.errors import ValidationError
 RUN_KEYS = {"index", "cold", "arm", "streamed", "wall_s", "total_s", "stages", "substages", "cache", "prompt_cache",
             "prompt_s", "lm_tokens", "lm_s", "lm_tok_s", "audio_s", "rtf", "ttfa_s", "ttfa_timeline_s", "rss_mb",
             "peak_rss_mb", "gpu_peak_mb", "timeline", "threads"}
-TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "concurrency_4", "ttfa", "ttfa_length",
+TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "flow_vs_peak", "concurrency_4", "ttfa",
+           "ttfa_length",
            "load_rss"]
 
 
