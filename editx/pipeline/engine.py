@@ -119,15 +119,23 @@ class Engine:
         return self.run(EditRequest(audio, audio_text, edit_type, info, text=text, iterations=iterations,
                                     seed=seed, sampling=sampling))
 
-    def run(self, request: Request, timeout: float | None = None) -> Result:
-        return self.submit(request).result(timeout=timeout)
+    def run(self, request: Request, timeout: float | None = None, *, verify=None) -> Result:
+        return self.submit(request, verify=verify).result(timeout=timeout)
 
     def submit(self, request: Request, emit: Callable[[AudioChunk], None] | None = None, *,
-               keep_audio: bool = True) -> Future:
+               keep_audio: bool = True, verify=None) -> Future:
         """Queue a request; the Future resolves to a Result. Raises QueueFullError when full.
 
         `emit` receives the last step's audio as AudioChunks while it is made; with
-        `keep_audio=False` the Result then holds no copy of it (long streams in bounded memory)."""
+        `keep_audio=False` the Result then holds no copy of it (long streams in bounded memory).
+        `verify` (None: the config's default, False, True or a VerifyPolicy) checks the output and
+        retries from outside this worker (editx.verify.chain), as does a request without transcript."""
+        from editx.verify.chain import needs_transcript, resolve_policy, submit_checked
+
+        policy = resolve_policy(verify, self.config)
+        if policy is not None or needs_transcript(request):
+            self.backend.check(request)
+            return submit_checked(self, request, policy, emit=emit, keep_audio=keep_audio)
         self.backend.check(request)  # reject unsupported work before it takes a queue slot
         gen = torch.Generator().manual_seed(request.seed if request.seed is not None else _fresh_seed())
         steps = plan_steps(request, native_speed=self.backend.native_speed)
@@ -144,11 +152,11 @@ class Engine:
                                  retry_after_s=1.0) from None
         return job.future
 
-    def stream(self, request: Request) -> AudioStream:
+    def stream(self, request: Request, *, verify=None) -> AudioStream:
         """Audio chunks as they are produced (an iterator; `.result` once it is exhausted). Nothing
         keeps a copy of the streamed audio; closing the stream early cancels the request."""
         chunks: queue.Queue = queue.Queue()
-        return AudioStream(self.submit(request, emit=chunks.put, keep_audio=False), chunks)
+        return AudioStream(self.submit(request, emit=chunks.put, keep_audio=False, verify=verify), chunks)
 
     def warm_prompt(self, audio: PromptAudio) -> str:
         """Encode a prompt into the cache now (voice registration); returns the cache outcome."""
