@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from editx.errors import CancelledError, EditxError, QueueFullError
-from editx.pipeline.types import MAX_SEED, AudioChunk, CloneRequest, EditRequest, Request, Result
+from editx.errors import CancelledError, EditxError, QueueFullError, ValidationError
+from editx.pipeline.types import MAX_SEED, AudioChunk, CloneRequest, EditRequest, PromptAudio, Request, Result
 from editx.verify.models import VerifyModels
 from editx.verify.policy import AttemptScore, Verification, VerifyPolicy
 from editx.verify.text import allowed_insertions, error_rate, language_of
@@ -69,6 +69,23 @@ def install_verifier(engine, models: VerifyModels) -> Verifier:
     with _verifiers_lock:
         _verifiers[engine] = Verifier(engine.config, models)
         return _verifiers[engine]
+
+
+def transcribe_with(models: VerifyModels, audio: PromptAudio, language: str | None = None) -> tuple[str, str]:
+    """(transcript, language) of an input clip that came without one; an error when nothing was heard."""
+    text, detected = models.transcribe(audio.samples, audio.sample_rate, language)
+    if not text.strip():
+        raise ValidationError("no transcript was given and the ASR heard no words in the audio; "
+                              "send its transcript (prompt_text / audio_text)")
+    from editx.verify.metrics import count_transcription
+
+    count_transcription()
+    return text.strip(), detected
+
+
+def transcribe(engine, audio: PromptAudio, language: str | None = None) -> str:
+    """What `engine`'s ASR hears in `audio` (e.g. a voice registered without its transcript)."""
+    return transcribe_with(verifier_of(engine).models(), audio, language)[0]
 
 
 def resolve_policy(verify: Any, config) -> VerifyPolicy | None:
@@ -167,14 +184,8 @@ class _Run:
         if language is not None:
             self.models.require_language(language, "an automatic transcript")
         t = time.perf_counter()
-        text, detected = self.models.transcribe(audio.samples, audio.sample_rate, language)
-        if not text.strip():
-            raise EditxError("no transcript given and the ASR heard no words in the input audio; "
-                             "send prompt_text / audio_text")
+        text, detected = transcribe_with(self.models, audio, language)
         self.stages.append(_stage("transcribe_input", t - self.t0, time.perf_counter() - t, language=detected))
-        from editx.verify.metrics import count_transcription
-
-        count_transcription()
         self.input_transcript = text
         field = "prompt_text" if isinstance(req, CloneRequest) else "audio_text"
         self.request = replace(req, **{field: text})
