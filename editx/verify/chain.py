@@ -15,6 +15,7 @@ time to first audio is unchanged (docs/PERFORMANCE.md measures it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -154,6 +155,7 @@ class _Run:
         self.input_transcript: str | None = None
         self.note: str | None = None
         self._heard: list[np.ndarray] = []
+        self._digests: dict[bytes, int] = {}  # audio hash -> the attempt that made it
         self.reference, self.free, self.language = "", frozenset(), None
         if not needs_transcript(request):
             self._set_reference()
@@ -241,6 +243,12 @@ class _Run:
 
         count_check(score.passed, result.backend, self.request.op, score.verify_s)
         last = k + 1 >= self.policy.attempts or self.streaming
+        digest = hashlib.blake2b(np.ascontiguousarray(result.audio).tobytes(), digest_size=16).digest()
+        if result.audio.size and digest in self._digests and not score.passed:
+            # the backend gave the same audio for another seed (lite is deterministic): retrying cannot help
+            self.note, last = f"attempt {k + 1} gave the same audio as attempt {self._digests[digest]}: " \
+                              "this backend's output does not depend on the seed", True
+        self._digests.setdefault(digest, k + 1)
         if score.passed or last or self.cancelled.is_set():
             self._finish()
             return
