@@ -16,7 +16,7 @@ from editx.errors import ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
 from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest
-from editx.server.verify_http import policy_for, verification_fields, verification_headers
+from editx.server.verify_http import load_models_if, policy_for, verification_fields, verification_headers
 
 router = APIRouter(tags=["audio"])
 
@@ -73,6 +73,7 @@ async def speech(body: SpeechRequest, request: Request):
                        voice_id=voice.id, edit_type=edit_type, edit_info=edit_info,
                        iterations=body.editx.iterations, speed=body.speed)
     verify = policy_for(engine, body.editx.verify)
+    await load_models_if(engine, verify, needs_transcript=False)
     if body.stream_format is not None:
         return stream_response(request, engine, req, body.response_format, body.stream_format, verify)
     result = await await_job(request, engine, engine.submit(req, verify=verify))
@@ -162,5 +163,6 @@ async def edits(request: Request):
     req = EditRequest(audio, fields["audio_text"], fields["edit_type"], fields["edit_info"], text=fields["text"],
                       iterations=fields["iterations"], seed=fields["seed"])
     verify = policy_for(engine, EditExtras.model_validate(fields["editx"]).verify)
+    await load_models_if(engine, verify, needs_transcript=req.audio_text is None)
     result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, fields["response_format"])

@@ -36,6 +36,19 @@ def policy_for(engine, spec: VerifySpec):
     return base.with_(**spec.model_dump())
 
 
+async def load_models_if(engine, verify, needs_transcript: bool) -> None:
+    """Load the ASR and speaker models off the event loop when this request will use them (the first
+    such request pays for the load; later ones find them loaded)."""
+    if verify is None:
+        verify = engine.config.verify
+    if verify is not False or needs_transcript:
+        from starlette.concurrency import run_in_threadpool
+
+        from editx.verify.chain import verifier_of
+
+        await run_in_threadpool(verifier_of(engine).models)
+
+
 def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 

@@ -65,6 +65,13 @@ def verifier_of(engine) -> Verifier:
         return _verifiers[engine]
 
 
+def preload(engine) -> None:
+    """Load the verification models now when `engine` verifies every request by default (EDITX_VERIFY),
+    so the first request does not pay for it."""
+    if engine.config.verify:
+        verifier_of(engine).models()
+
+
 def install_verifier(engine, models: VerifyModels) -> Verifier:
     """Use these models for `engine`'s checks (other ASR / speaker models, tests)."""
     with _verifiers_lock:
