@@ -95,9 +95,16 @@ class EngineConfig:
     cache_disk_bytes: int = 4 * 2**30
     cache_enabled: bool = True
     redis_url: str | None = None
-    max_audio_seconds: float = 600.0
-    queue_size: int = 64
+    max_audio_seconds: float = 600.0  # the longest clip an edit takes (it is edited in parts)
+    min_prompt_s: float = 0.5  # shorter prompt / edit inputs are refused: too little speech to encode
+    max_prompt_s: float = 60.0  # longer clone prompts are refused (and editx refuses any too long for the LM)
+    queue_size: int = 64  # requests waiting for the worker; more get QueueFullError (429 + Retry-After)
     max_batch: int = 8
+    max_streams: int = 32  # streaming requests open at once; more get StreamLimitError (429)
+    stream_buffer_s: float = 30.0  # unread audio (s) that pauses a stream between rounds; 4x cancels it
+    stream_stall_s: float = 120.0  # a paused stream whose reader reads nothing this long is cancelled
+    stuck_after_s: float = 120.0  # health(): the worker is stuck after this long without progress
+    close_grace_s: float = 30.0  # close(): how long admitted requests may still finish
     warmup: bool = True
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
@@ -127,8 +134,17 @@ class EngineConfig:
             raise ValidationError(f"lm_loop must be one of {', '.join(LM_LOOPS)}, got {self.lm_loop!r}")
         if self.flow_steps < 1:
             raise ValidationError(f"flow_steps must be >= 1, got {self.flow_steps}")
-        if self.max_batch < 1 or self.queue_size < 1:
-            raise ValidationError("max_batch and queue_size must be >= 1")
+        if self.max_batch < 1 or self.queue_size < 1 or self.max_streams < 1:
+            raise ValidationError("max_batch, queue_size and max_streams must be >= 1")
+        if not (0 <= self.min_prompt_s < self.max_prompt_s):
+            raise ValidationError(f"min_prompt_s must be >= 0 and below max_prompt_s, got {self.min_prompt_s} "
+                                  f"and {self.max_prompt_s}")
+        for name, value in (("stream_buffer_s", self.stream_buffer_s), ("stream_stall_s", self.stream_stall_s),
+                            ("stuck_after_s", self.stuck_after_s)):
+            if not value > 0:
+                raise ValidationError(f"{name} must be > 0 (seconds), got {value}")
+        if self.close_grace_s < 0:
+            raise ValidationError(f"close_grace_s must be >= 0, got {self.close_grace_s}")
         rows = tuple(self.stream_chunk_rows)
         if not rows or any(not isinstance(r, int) or r < 6 or r % 3 for r in rows):
             raise ValidationError(f"stream_chunk_rows must be multiples of 3 flow rows, each >= 6, got {rows}")
@@ -224,6 +240,13 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_VERIFY_MIN_SPEAKER_SIM": EnvVar(float, engine="verify_min_speaker_sim"),
     "EDITX_VERIFY_ATTEMPTS": EnvVar(int, engine="verify_attempts"),
     "EDITX_ASR_MODEL_DIR": EnvVar(Path, engine="asr_model_dir"),
+    "EDITX_MIN_PROMPT_S": EnvVar(float, engine="min_prompt_s"),
+    "EDITX_MAX_PROMPT_S": EnvVar(float, engine="max_prompt_s"),
+    "EDITX_MAX_STREAMS": EnvVar(int, engine="max_streams"),
+    "EDITX_STREAM_BUFFER_S": EnvVar(float, engine="stream_buffer_s"),
+    "EDITX_STREAM_STALL_S": EnvVar(float, engine="stream_stall_s"),
+    "EDITX_STUCK_AFTER_S": EnvVar(float, engine="stuck_after_s"),
+    "EDITX_CLOSE_GRACE_S": EnvVar(float, engine="close_grace_s"),
     # server (ServerSettings.from_env)
     "EDITX_DATA_DIR": EnvVar(Path, server="data_dir", other="lite's assembled model files"),
     "EDITX_API_KEYS": EnvVar(_str_set, server="api_keys"),
@@ -254,7 +277,7 @@ def env_overrides(section: str) -> dict[str, Any]:
     """{field: parsed value} of every set variable that fills a field of `section` ("engine" or "server")."""
     out: dict[str, Any] = {}
     for name, var in ENV_TABLE.items():
-        target = getattr(var, section)
+        target = {"engine": var.engine, "server": var.server}[section]
         if target is not None and (value := env_value(name)) is not None:
             out[target] = value
     return out

@@ -277,7 +277,6 @@ def test_offline_prime_reuses_the_voice_prime_and_stays_close(make_engine):
 @pytest.mark.slow
 def test_a_stream_that_cannot_start_fails_alone(make_engine, monkeypatch):
     import threading
-    from concurrent.futures import Future
 
     eng = make_engine(cache=False)
 
@@ -286,7 +285,7 @@ def test_a_stream_that_cannot_start_fails_alone(make_engine, monkeypatch):
 
     monkeypatch.setattr(eng.backend.decoder, "prime_stream", broken)
     gate = threading.Event()
-    eng._queue.put(("call", gate.wait, Future()))  # hold the worker: both requests go in one round
+    eng._q.call(gate.wait)  # hold the worker: both requests go in one round
     streamed = eng.submit(_stream_request(), emit=lambda _c: None)
     offline = eng.submit(_stream_request(seed=1))
     gate.set()

@@ -114,8 +114,8 @@ def engine(tmp_path_factory):
     from editx.config import EngineConfig
     from editx.lite.backend import LiteBackend
     from editx.lite.engine_backend import LiteEngineBackend
-    from editx.pipeline.engine import Engine
     from editx.pipeline.backends import make_cache
+    from editx.pipeline.engine import Engine
 
     config = EngineConfig(backend="lite", threads=2, warmup=False, cache_dir=tmp_path_factory.mktemp("cache"),
                           cache_disk_bytes=0, verify_attempts=3)

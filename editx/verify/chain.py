@@ -117,27 +117,13 @@ def needs_transcript(request: Request) -> bool:
 
 
 def submit_checked(engine, request: Request, policy: VerifyPolicy | None, *, emit=None,
-                   keep_audio: bool = True) -> Future:
-    """The Future of a verified (or transcript-filled) request; see the module docstring."""
+                   keep_audio: bool = True, buffer=None) -> Future:
+    """The Future of a verified (or transcript-filled) request; see the module docstring. `buffer`:
+    a stream's ChunkBuffer (its `emit` pushes there), handed to each attempt's job for backpressure."""
     run = _Run(engine, verifier_of(engine), request, policy, emit, keep_audio)
+    run.buffer = buffer
     run.start()
     return run.future
-
-
-class _Cancel:
-    """The chain's `job.cancelled`: setting it cancels the attempt in flight and stops retries."""
-
-    def __init__(self, run: _Run) -> None:
-        self._run, self._event = run, threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-        current = self._run.current
-        if current is not None:
-            current.job.cancelled.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
 
 
 class _Run:
@@ -147,11 +133,12 @@ class _Run:
                  emit, keep_audio: bool) -> None:
         self.engine, self.verifier, self.request, self.policy = engine, verifier, request, policy
         self.user_emit, self.keep_audio = emit, keep_audio
+        self.buffer = None
         self.streaming = emit is not None
         self.models = verifier.models()  # a missing ASR is the caller's error, before anything is queued
         self.future: Future = Future()
         self.future.job = self  # type: ignore[attr-defined]  # Engine.cancel / AudioStream.close
-        self.cancelled = _Cancel(self)
+        self.cancelled = threading.Event()
         self.current: Future | None = None
         self.t0 = time.perf_counter()
         self.base_seed = request.seed if request.seed is not None else _fresh_seed()
@@ -166,6 +153,12 @@ class _Run:
         self.reference, self.free, self.language = "", frozenset(), None
         if not needs_transcript(request):
             self._set_reference()
+
+    def cancel(self, error: EditxError | None = None) -> None:
+        """Cancel the attempt in flight and stop retrying (`job.cancel` of an Engine future)."""
+        self.cancelled.set()
+        if self.current is not None:
+            self.current.job.cancel(error)
 
     # ---- setup ----------------------------------------------------------------------------------
     def _set_reference(self, detected: str | None = None) -> None:
@@ -211,8 +204,10 @@ class _Run:
         req = replace(self.request, seed=self._seed(k))
         fut = self.engine.submit(req, emit, keep_audio=self.keep_audio, verify=False)
         self.current = fut
+        if self.buffer is not None:  # the stream's backpressure acts on the attempt in flight
+            self.buffer.job, fut.job.buffer = fut.job, self.buffer
         if self.cancelled.is_set():
-            fut.job.cancelled.set()
+            fut.job.cancel()
         fut.add_done_callback(lambda f: self.verifier.pool.submit(self._guarded, self._check, k, f))
 
     def _hear(self, chunk: AudioChunk) -> None:
