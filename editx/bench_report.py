@@ -272,6 +272,10 @@ def markdown(report: dict) -> str:
                        f"{_f(p['ttfa_s'], '.2f')} | {_f(p['stream_total_s'], '.2f')} | "
                        f"{_f(p['offline_total_s'], '.2f')} | {_f(p['ttfa_fraction'])} | {parts} |")
         out.append("")
+    if verify := report.get("verify"):
+        from editx.bench_verify import markdown as verify_markdown
+
+        out += verify_markdown(verify)
     for name, points in (report.get("sweeps") or {}).items():
         out += [f"## sweep: {name}", "", "| value | requests | throughput (audio s / wall s) | p50 s | p90 s |",
                 "|---|---|---|---|---|"]
