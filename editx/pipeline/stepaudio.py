@@ -431,8 +431,9 @@ class StepAudioBackend:
         # the streaming decode too: its setup and chunk shapes differ from the offline flow's
         enc = job.prompt
         prime = None
-        if self.config.stream_prime:
-            prime = self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
+        if self.config.stream_prime:  # the offline round above made it already when offline_prime is on
+            made = job.flow_prime[1] if job.flow_prime is not None and job.flow_prime[0] is enc else None
+            prime = made or self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
         stream = self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
                                           chunk_rows=self.config.stream_chunk_rows, prime=prime)
         stream.finish(WARMUP_GROUP)  # the prompt side, then one last chunk: the smallest stream
