@@ -254,7 +254,8 @@ class StepAudioBackend:
         for i, job in enumerate(jobs):
             n = len(results[i] or ())
             job.timeline.add_stage("lm_prefill", t_start[i], t_prefill, batch=len(jobs),
-                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss")
+                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss",
+                                   cached_tokens=len(prefixes[i][0]) if hit_prefix[i] else 0)
             job.timeline.add_stage("lm_decode", t_start[i] + t_prefill, max(0.0, total - t_prefill),
                                    batch=len(jobs), tokens=n)
             if prefixes[i] is not None:
