@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("dir", type=Path, nargs="?", default=None, help="default: EDITX_MODEL_DIR")
     dr.set_defaults(func=_cmd_doctor)
 
+    from editx.cli_scripts import add_commands
+
+    add_commands(sub, _add_engine_args, lambda q: q.add_argument("--data-dir", type=Path, default=None))
+
     fx = sub.add_parser("fixtures", help="write random-weight checkpoints in the official layouts")
     fx_sub = fx.add_subparsers(dest="fixtures_command", required=True)
     mk = fx_sub.add_parser("make", help="write DIR/Step-Audio-Tokenizer and DIR/Step-Audio-EditX")

@@ -240,6 +240,9 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_URL_ALLOWLIST": EnvVar(parse_str_list, server="url_allowlist"),
     "EDITX_MAX_REQUEST_BYTES": EnvVar(int, server="max_request_bytes"),
     "EDITX_VOICES_URL": EnvVar(str, other="a separate Redis for the voice registry"),
+    "EDITX_SESSION_TTL_S": EnvVar(float, other="edit sessions: expiry after the last change"),
+    "EDITX_SESSION_MAX_VERSIONS": EnvVar(int, other="edit sessions: versions per session"),
+    "EDITX_SESSION_MAX_BYTES": EnvVar(int, other="edit sessions: audio bytes in all (SQLite store)"),
 }
 
 # environment variable -> (EngineConfig field, parser): the engine's part of ENV_TABLE

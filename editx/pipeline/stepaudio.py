@@ -146,7 +146,7 @@ class StepAudioBackend:
             prompts.append(prompt)
             prefixes.append(prefix)
         outputs = self._generate(jobs, prompts, prefixes)
-        finished = [(job, ids) for job, ids in zip(jobs, outputs) if ids is not None]  # None: cancelled
+        finished = [(job, ids) for job, ids in zip(jobs, outputs) if ids is not None]  # None: failed or cancelled
         mels = self._flow_round([job for job, _ in finished], [ids for _, ids in finished])
         for (job, ids), mel in zip(finished, mels):
             try:
