@@ -19,8 +19,10 @@ from editx.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no warm-up.
-PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off", "default": "", "ours": ""}
+# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no
+# warm-up, upstream's one-pass flow, float32 (torch's CPU default; a bf16-capable CPU's `auto` is bf16).
+PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off,offline_prime=off,dtype=float32", "default": "",
+            "ours": ""}
 DEFAULT_TEXT = "Benchmarks measure what a report could only estimate."
 SENTENCES = ("Benchmarks measure what a report could only estimate.",
              "Every stage is timed on the same clock, and nothing is guessed.",

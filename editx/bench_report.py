@@ -289,7 +289,7 @@ def markdown(report: dict) -> str:
                 f"| HF-generate style | {_f(lm['hf_style']['prefill_s'])} | {_f(lm['hf_style']['decode_tok_s'], '.1f')} |",
                 f"| bandwidth bound | | {_f(lm['bandwidth_bound_tok_s'], '.1f')} |", "",
                 f"same greedy tokens: {lm['same_greedy_tokens']}", ""]
-    if comp := report.get("compute"):
+    if (comp := report.get("compute")) and comp.get("arms"):
         pk = comp["peak_gflop_s"]
         out += ["## compute bound (FLOPs counted from shapes, warm offline runs, medians)", "",
                 f"measured matmul peak: float32 {_f(pk.get('float32'), '.1f')} GFLOP/s, bfloat16 "
