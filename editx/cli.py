@@ -39,9 +39,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="flow rows per streamed chunk, first then next (last repeats; 1 row = 40 ms; default 15,24,48)")
     g.add_argument("--no-stream-prime", action="store_true",
                    help="redo the prompt side of the streaming flow per request, as upstream (default: once per voice)")
-    g.add_argument("--offline-prime", action="store_true",
-                   help="decode offline clones against the voice's cached flow prime too (faster; close to, "
-                        "not equal to, upstream's output)")
+    g.add_argument("--exact-flow", action="store_true",
+                   help="decode offline clones in upstream's one flow pass over prompt + target (default: against "
+                        "the voice's cached flow prime, faster and within the model's own seed-to-seed variation)")
     g.add_argument("--asr-model-dir", type=Path, default=None,
                    help="CTranslate2 Whisper folder for verification and transcripts (default: bundled tiny.en)")
     g.add_argument("--segment-max-chars", type=int, default=None,
@@ -57,7 +57,7 @@ def _engine_config(args: argparse.Namespace, **extra):
         flow_steps=args.flow_steps, cache_dir=args.cache_dir, redis_url=args.redis_url,
         cache_enabled=False if args.no_cache else None, warmup=False if args.no_warmup else None,
         stream_chunk_rows=args.stream_chunk_rows, stream_prime=False if args.no_stream_prime else None,
-        offline_prime=True if args.offline_prime else None,
+        offline_prime=False if args.exact_flow else None,
         segment_max_chars=args.segment_max_chars, asr_model_dir=args.asr_model_dir, **extra)
 
 
@@ -368,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="check a model folder from its headers (seconds); exit 1 if it will not load")
     dr.add_argument("dir", type=Path, nargs="?", default=None, help="default: EDITX_MODEL_DIR")
     dr.set_defaults(func=_cmd_doctor)
+
+    from editx.cli_scripts import add_commands
+
+    add_commands(sub, _add_engine_args, lambda q: q.add_argument("--data-dir", type=Path, default=None))
 
     fx = sub.add_parser("fixtures", help="write random-weight checkpoints in the official layouts")
     fx_sub = fx.add_subparsers(dest="fixtures_command", required=True)

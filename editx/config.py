@@ -81,7 +81,7 @@ class EngineConfig:
     model_dir: Path | None = None  # holds Step-Audio-Tokenizer/ and Step-Audio-EditX/ (upstream layout)
     backend: str = "auto"  # auto: editx when model_dir is set, lite otherwise
     device: str = "auto"  # auto|cpu|cuda|cuda:N
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"  # auto: bfloat16 on CUDA and bf16-capable CPUs, float32 elsewhere (resolve_dtype)
     quantize: str | None = None
     threads: int | None = None  # torch intra-op threads; None = leave torch's default
     onnx_threads: int = 1
@@ -109,9 +109,10 @@ class EngineConfig:
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
     stream_prime: bool = True  # prompt side of the streaming flow made once per voice (False: per request)
-    # opt-in: offline rounds decode against that per-voice prime too (far less flow work for short
-    # outputs; close to, not equal to, upstream's one-pass output, which stays the default)
-    offline_prime: bool = False
+    # offline clones decode against that per-voice prime too: far less flow work, and closer to
+    # upstream's one-pass output than two one-pass runs with different noise are to each other
+    # (docs/PERFORMANCE.md); False (--exact-flow) runs upstream's one pass
+    offline_prime: bool = True
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences
@@ -254,6 +255,9 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_URL_ALLOWLIST": EnvVar(parse_str_list, server="url_allowlist"),
     "EDITX_MAX_REQUEST_BYTES": EnvVar(int, server="max_request_bytes"),
     "EDITX_VOICES_URL": EnvVar(str, other="a separate Redis for the voice registry"),
+    "EDITX_SESSION_TTL_S": EnvVar(float, other="edit sessions: expiry after the last change"),
+    "EDITX_SESSION_MAX_VERSIONS": EnvVar(int, other="edit sessions: versions per session"),
+    "EDITX_SESSION_MAX_BYTES": EnvVar(int, other="edit sessions: audio bytes in all (SQLite store)"),
 }
 
 # environment variable -> (EngineConfig field, parser): the engine's part of ENV_TABLE
@@ -295,10 +299,60 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto → bfloat16 on CUDA, float32 on CPU."""
+# /proc/cpuinfo flags that mean native bfloat16 matmuls (oneDNN uses them): AVX512-BF16 and AMX on
+# x86; the Arm BF16 extension (ARMv8.6) on aarch64. Without one, bf16 matmuls are emulated and slower
+# than float32, so `auto` stays float32 and an explicit bfloat16 is refused.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where /proc/cpuinfo is absent."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (detected, never assumed)."""
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in CPU_BF16_FLAGS)
+
+
+def supported_dtypes(device: torch.device, *, cpu_bf16: bool | None = None) -> tuple[str, ...]:
+    """The compute dtypes `device` runs at full speed, best first."""
     import torch
 
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+        return ("bfloat16", "float16", "float32") if bf16 else ("float16", "float32")
+    if device.type == "cpu":
+        bf16 = cpu_supports_bf16() if cpu_bf16 is None else cpu_bf16
+        return ("bfloat16", "float32") if bf16 else ("float32",)
+    return ("float32",)
+
+
+def resolve_dtype(dtype: str, device: torch.device, *, cpu_bf16: bool | None = None) -> torch.dtype:
+    """auto → bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16), float32
+    elsewhere. An explicit dtype the device cannot run well is refused with what it supports.
+    `cpu_bf16` overrides the CPU detection (tests)."""
+    import torch
+
+    supported = supported_dtypes(device, cpu_bf16=cpu_bf16)
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = supported[0]
+    elif dtype not in supported:
+        why = ""
+        if device.type == "cpu" and dtype == "bfloat16":
+            why = " (this CPU has no AVX512-BF16, AMX or Arm BF16: bfloat16 would be emulated, slower than float32)"
+        elif device.type == "cpu":
+            why = " (CPU float16 matmuls are emulated)"
+        raise ValidationError(f"dtype {dtype!r} is not supported on {device}{why}; "
+                              f"this device supports {', '.join(supported)} (or auto)")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

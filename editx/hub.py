@@ -111,5 +111,13 @@ def download(dest: str | Path, source: str = "huggingface", *, revisions: dict[s
     for repo_id, revision, target in plan:
         target.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s@%s from %s into %s", repo_id, revision or "latest", source, target)
-        fetch(repo_id, revision, target)
+        try:
+            fetch(repo_id, revision, target)
+        except ModelFilesError:
+            raise
+        except Exception as exc:  # hub clients raise their own (HTTP, revision, disk) errors
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise ModelFilesError(f"downloading {repo_id}@{revision or 'latest'} into {target} failed "
+                                  f"({type(exc).__name__}: {first}); check the network and the revision, "
+                                  "then run the same command again (finished files are kept)") from exc
     return Path(dest).expanduser()

@@ -265,6 +265,20 @@ def test_cli_download_pins_revisions_then_runs_doctor(tiny_model_dir, tmp_path, 
     assert f"ERROR {SHARD}" in capsys.readouterr().out
 
 
+def test_cli_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
+    import editx.hub as hub
+
+    def offline(repo_id, revision, local_dir):
+        raise ConnectionError("Name or service not known\n  (details)")
+
+    monkeypatch.setattr(hub, "_huggingface", offline)
+    assert main(["download", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "stepfun-ai/Step-Audio-Tokenizer@" + hub.REVISIONS[TOK] in err and "Name or service not known" in err
+    errors = [line for line in err.splitlines() if "INFO" not in line]  # the progress log line stays
+    assert len(errors) == 1 and errors[0].startswith("editx: error:") and "Traceback" not in err
+
+
 def test_modelscope_download_is_not_pinned_to_hugging_face_commits(tmp_path):
     from editx.hub import download_plan
 

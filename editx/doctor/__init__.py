@@ -96,7 +96,7 @@ def check(root: str | Path) -> Report:
     if not findings:
         findings = components.check_all(root, checked)
     report = Report(root, tuple(findings), tuple(checked), time.perf_counter() - t0)
-    log.info("model folder checked", extra={"model_dir": str(root), "ok": report.ok,
+    log.debug("model folder checked", extra={"model_dir": str(root), "ok": report.ok,
                                             "findings": len(findings), "seconds": round(report.seconds, 2)})
     return report
 
@@ -105,8 +105,11 @@ def require_loadable(root: str | Path) -> Report:
     """Raise ModelFilesError carrying the doctor's lines unless `root` will load."""
     report = check(root)
     if not report.ok:
-        raise ModelFilesError("model folder check failed (run `editx doctor DIR` for the same list):\n"
-                              + "\n".join(report.lines()))
+        lines = report.lines()[:-1]
+        if len(lines) == 1:
+            raise ModelFilesError(lines[0])
+        raise ModelFilesError(f"the model folder {report.root} will not load ({len(lines)} problems; "
+                              "`editx doctor` prints the same list):\n" + "\n".join(lines))
     for f in report.findings:
         log.warning("%s", f.line())
     return report
