@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         if args.verify_texts > 0:
             from editx.bench_verify import run_verify_section
 
-            report["verify"] = run_verify_section(pool, main_arm, reqs, args.verify_texts, fixture=bool(fixture))
+            report["verify"] = run_verify_section(pool, main_arm, reqs, args.verify_texts)
         if sweeps:
             report["sweeps"] = run_sweeps(args, pool, main_arm, reqs, sorted(sweeps))
         report["compute"] = _compute_section(pool, report)

@@ -53,8 +53,7 @@ def _stream(engine, req, verify) -> dict[str, float | None]:
     return {"ttfa_s": stream.result.timeline.get("ttfa_s"), "done_s": done}
 
 
-def run_verify_section(pool, arm, reqs: Requests, n_texts: int, *, attempts: int = 3,
-                       fixture: bool = False) -> dict[str, Any]:
+def run_verify_section(pool, arm, reqs: Requests, n_texts: int, *, attempts: int = 3) -> dict[str, Any]:
     """The section's JSON (see the module docstring)."""
     from editx.verify.policy import VerifyPolicy
 
@@ -62,11 +61,7 @@ def run_verify_section(pool, arm, reqs: Requests, n_texts: int, *, attempts: int
     engine = arm.engine
     base = VerifyPolicy.from_config(engine.config)
     once, retried_policy = replace(base, attempts=1), replace(base, attempts=attempts)
-    sampling = None
-    if fixture or arm.config.sampling.max_new_tokens is not None:
-        from editx.bench_stream import CHARS_PER_S, TOKENS_PER_S
-
-        sampling = replace(arm.config.sampling, max_new_tokens=None, max_tokens_per_char=TOKENS_PER_S / CHARS_PER_S)
+    sampling = None  # the arm's own (a fixture's --max-new-tokens cap holds: the check costs per audio second)
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(n_texts)]
     engine.run(reqs.make("clone", 0, text=texts[0], sampling=sampling), verify=once)  # voice and models warm
     plain, checked, retried, rows = [], [], [], []

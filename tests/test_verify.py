@@ -148,6 +148,7 @@ def test_broken_output_is_caught_and_retried(engine, prompt):
     text = STELLA
     engine.backend.lite.wrong[text] = 1
     retries0 = _metric("editx_verify_retries_total", op="clone", backend="lite")
+    fails0 = _metric("editx_verify_checks_total", op="clone", backend="lite", result="fail")
     r = engine.run(CloneRequest(prompt[0], prompt[1], text, seed=11), verify=True)
     v = r.verification
     assert v.verified and v.retried and v.attempt == 2 and len(v.attempts) == 2
@@ -159,6 +160,8 @@ def test_broken_output_is_caught_and_retried(engine, prompt):
     assert names.count("verify") == 2 and "discarded_attempt" in names and r.timeline["attempts"] == 2
     assert r.timeline["total_s"] >= sum(s["duration_s"] for s in r.timeline["stages"] if s["name"] == "verify")
     assert _metric("editx_verify_retries_total", op="clone", backend="lite") == retries0 + 1
+    assert _metric("editx_verify_checks_total", op="clone", backend="lite", result="fail") == fails0 + 1
+    assert _metric("editx_verify_checks_total", op="clone", backend="lite", result="pass") >= 1
 
 
 @pytest.mark.slow
