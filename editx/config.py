@@ -104,6 +104,9 @@ class EngineConfig:
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences
+    # lite voice matching: timbre-search probes and seconds per new voice (0 probes: blend only)
+    lite_search_probes: int = 48
+    lite_search_budget_s: float = 25.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -127,6 +130,9 @@ class EngineConfig:
             raise ValidationError(f"stream_noise must be one of {', '.join(STREAM_NOISE)}, got {self.stream_noise!r}")
         if self.segment_max_chars is not None and self.segment_max_chars < 20:
             raise ValidationError(f"segment_max_chars must be >= 20, got {self.segment_max_chars}")
+        if self.lite_search_probes < 0 or not self.lite_search_budget_s >= 0:
+            raise ValidationError(f"lite_search_probes and lite_search_budget_s must be >= 0, got "
+                                  f"{self.lite_search_probes} and {self.lite_search_budget_s}")
         if self.segment_pause_s < 0 or self.edit_window_s < 2:
             raise ValidationError("segment_pause_s must be >= 0 and edit_window_s >= 2 (seconds)")
         if self.model_dir is not None and not isinstance(self.model_dir, Path):
@@ -186,6 +192,8 @@ ENV_FIELDS = {
     "EDITX_OFFLINE_PRIME": ("offline_prime", _env_bool),
     "EDITX_SEGMENT_MAX_CHARS": ("segment_max_chars", int), "EDITX_SEGMENT_PAUSE_S": ("segment_pause_s", float),
     "EDITX_EDIT_WINDOW_S": ("edit_window_s", float), "EDITX_MAX_AUDIO_SECONDS": ("max_audio_seconds", float),
+    "EDITX_LITE_SEARCH_PROBES": ("lite_search_probes", int),
+    "EDITX_LITE_SEARCH_BUDGET_S": ("lite_search_budget_s", float),
 }
 
 def resolve_device(device: str = "auto") -> torch.device:
