@@ -182,11 +182,11 @@ def test_prompt_without_a_voice_is_refused_with_a_clear_error(backend, kind):
 def test_search_out_of_time_keeps_the_blend_and_says_so(backend, caplog):
     ref, sr = _reference()
     with caplog.at_level(logging.WARNING, logger="editx.lite.backend"):
-        enc = backend.encode_voice(ref, sr, search_probes=10, search_budget_s=0.0)
+        enc = backend.encode_voice(ref, sr, max_probes=0, search_probes=10, search_budget_s=0.0)
     assert enc.out_of_time and enc.search_probes == 1  # only the start point (the blend) was scored
     assert enc.offset is None  # nothing beat the blend, so the blend stands
     assert any("ran out of its" in r.getMessage() for r in caplog.records)
-    blend = backend.encode_voice(ref, sr, search_probes=0)
+    blend = backend.encode_voice(ref, sr, max_probes=0, search_probes=0)
     np.testing.assert_array_equal(enc.table, blend.table)
     assert not blend.out_of_time and blend.search_probes == 0
 
@@ -196,8 +196,8 @@ def test_search_beats_or_keeps_the_blend_and_survives_the_cache_form(backend):
     from editx.lite.voice import VoiceEncoding
 
     ref, sr = _reference()
-    blend = backend.encode_voice(ref, sr, search_probes=0)
-    enc = backend.encode_voice(ref, sr, search_probes=9, search_budget_s=math.inf)
+    blend = backend.encode_voice(ref, sr, max_probes=0, search_probes=0)
+    enc = backend.encode_voice(ref, sr, max_probes=0, search_probes=9, search_budget_s=math.inf)
     assert enc.search_probes == 9 and not enc.out_of_time
     assert enc.similarity >= blend.similarity
     if enc.offset is not None:
