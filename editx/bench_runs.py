@@ -56,8 +56,15 @@ def peak_rss_mb() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
 
+def _editx(backend):
+    """The backend when it is the editx one (whose models the LM, GPU and file sections measure), else None."""
+    from editx.pipeline.stepaudio import StepAudioBackend
+
+    return backend if isinstance(backend, StepAudioBackend) else None
+
+
 def _cuda_device(backend) -> torch.device | None:
-    dev = getattr(backend, "device", None)
+    dev = b.device if (b := _editx(backend)) is not None else None
     return dev if isinstance(dev, torch.device) and dev.type == "cuda" else None
 
 
@@ -195,9 +202,23 @@ def measure(pool: ArmPool, arm: Arm, request, *, stream: bool = False, quality=N
     wall = time.perf_counter() - t0
     rec = run_record(result, wall_s=wall, ttfa_s=first[0] if first else None, backend=backend)
     rec.update(arm=arm.name, streamed=stream, threads=arm.threads)
+    if not stream:  # offline stages run one after another: each one's FLOPs over its own time
+        rec["gflop"] = _stage_flops(backend).request(result.timeline)
     if quality is not None:
         rec["quality"] = score_quality(quality, result, *reference)
     return rec
+
+
+_FLOPS: dict[int, Any] = {}
+
+
+def _stage_flops(backend):
+    """One StageFlops per loaded backend (it counts the vocoder's FLOPs per frame once)."""
+    from editx.bench_compute import StageFlops
+
+    if id(backend) not in _FLOPS:
+        _FLOPS[id(backend)] = StageFlops(backend)
+    return _FLOPS[id(backend)]
 
 
 def score_quality(oracle, result, text: str, prompt_samples: np.ndarray, prompt_sr: int) -> dict[str, Any]:
@@ -280,9 +301,9 @@ def sweep(pool: ArmPool, arm: Arm, points: list[tuple[Any, list]], rounds: int =
 # ---- LM throughput ----------------------------------------------------------------------------------
 def lm_section(backend, *, prompt_len: int, new_tokens: int, batch: int) -> dict[str, Any] | None:
     """Our decode loop vs the HF-generate-style loop on the loaded LM, and the bandwidth bound."""
-    lm = getattr(backend, "lm", None)
-    if lm is None:
+    if _editx(backend) is None:
         return None
+    lm = backend.lm
     from editx.lm.throughput import compare
 
     return compare(lm, prompt_len=prompt_len, new_tokens=new_tokens, batch=batch)
@@ -325,9 +346,8 @@ def loaded_weight_bytes(backend) -> int:
             visit(child, depth + 1)
 
     visit(backend, 0)
-    onnx = getattr(backend, "paths", None)
-    if onnx is not None:
-        total += sum(p.stat().st_size for p in Path(onnx.root).rglob("*.onnx"))
+    if _editx(backend) is not None:
+        total += sum(p.stat().st_size for p in Path(backend.paths.root).rglob("*.onnx"))
     return total
 
 

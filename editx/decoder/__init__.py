@@ -131,6 +131,28 @@ class CosyVoiceDecoder:
                                    noise_offset=prime.cache.prompt_frames)
         return mel
 
+    def flow_job(self, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
+                 target_mixed: np.ndarray, *, primed=None, n_steps: int = 10):
+        """The flow work of `token2mel` (or, with `primed` = the voice's StreamPrime, of
+        `token2mel_primed`) up to its Euler solve: a FlowJob for `solve_flow_jobs`."""
+        if n_steps < 1:
+            raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
+        if primed is not None:
+            return primed.first_job(self.flow, self.flow_tokens(target_mixed), n_steps=n_steps)
+        mel, spk = self.flow_conditions(prompt_mel, spk_emb)
+        return self.flow.prepare(self.flow_tokens(prompt_mixed), mel, spk, self.flow_tokens(target_mixed))
+
+    def solve_flow_jobs(self, jobs, *, n_steps: int = 10) -> list[torch.Tensor]:
+        """Each FlowJob's mel (80, frames), jobs of similar length sharing each Euler step's DiT call
+        (editx.decoder.batch); equal to solving each alone up to float summation order."""
+        from editx.decoder.batch import buckets, solve_euler_batch
+
+        out: list[torch.Tensor | None] = [None] * len(jobs)
+        for group in buckets([j.frames + j.cached for j in jobs]):
+            for i, mel in zip(group, solve_euler_batch(self.flow, [jobs[i] for i in group], n_steps=n_steps)):
+                out[i] = mel
+        return out  # type: ignore[return-value]
+
     def mel2wav(self, mel: torch.Tensor, *, generator: torch.Generator | None = None) -> np.ndarray:
         """The vocoder stage: mel (80, T) or (1, 80, T) → waveform (T * 480,) float32 at 24 kHz."""
         if mel.dim() == 2:
@@ -177,11 +199,20 @@ class CosyVoiceDecoder:
         return flow_prime(self.flow, self.flow_tokens(prompt_mixed), mel, spk, n_steps=n_steps)
 
 
+def read_config(root: Path) -> DecoderConfig:
+    """cosyvoice.yaml parsed and checked for the values this decoder depends on."""
+    from editx.decoder.config import DecoderConfig
+
+    config = DecoderConfig.from_yaml(root)
+    if config.mel.center:
+        raise ModelFilesError(f"{root}/cosyvoice.yaml: mel_conf.center must be false (the Matcha mel is uncentred)")
+    return config
+
+
 def load_decoder(cosyvoice_dir: str | Path, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float32, onnx_threads: int = 1,
                  providers: list[str] | tuple[str, ...] | None = None) -> CosyVoiceDecoder:
     """Load the official CosyVoice-300M-25Hz folder (cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)."""
-    from editx.decoder.config import DecoderConfig
     from editx.decoder.flow import FLOW_FILE, load_flow
     from editx.decoder.speaker import SpeakerEncoder
     from editx.decoder.vocoder import HiFTConfig, load_hift
@@ -190,9 +221,7 @@ def load_decoder(cosyvoice_dir: str | Path, *, device: str | torch.device = "cpu
     if not root.is_dir():
         raise ModelFilesError(f"{root} is not a directory; pass Step-Audio-EditX/CosyVoice-300M-25Hz")
     device, dtype = torch.device(device), _as_dtype(dtype)
-    config = DecoderConfig.from_yaml(root)
-    if config.mel.center:
-        raise ModelFilesError(f"{root}/cosyvoice.yaml: mel_conf.center must be false (the Matcha mel is uncentred)")
+    config = read_config(root)
     flow = load_flow(root / FLOW_FILE, config.flow, device=device, dtype=dtype)
     hift = load_hift(root / "hift.pt", HiFTConfig.from_yaml(dict(config.hift)), device=device, dtype=dtype)
     speaker = SpeakerEncoder.load(root / "campplus.onnx", threads=onnx_threads, providers=providers)

@@ -10,8 +10,8 @@ frames are dropped from the result.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from editx.decoder.config import FlowConfig
 from editx.decoder.conformer import TokenEncoder
 from editx.decoder.dit import DiT
 from editx.errors import ModelFilesError, ValidationError, name_some
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,17 @@ class CosyVoiceFlow(nn.Module):
         length (resized to 2*Tp frames); spk_emb (192,). `noise` (1, 80, >=total frames) replaces the
         fixed buffer. With `return_mu`, also the encoder output (80, total frames).
         """
+        job = self.prepare(prompt_tokens, prompt_mel, spk_emb, target_tokens, noise=noise)
+        x = solve_euler(self.estimator, job.noise, job.mu, job.spk, job.cond, n_steps=n_steps,
+                        cfg_rate=self.cfg.cfg_rate)
+        out = x[0, :, job.keep:]
+        return (out, job.mu[0]) if return_mu else out
+
+    @torch.inference_mode()
+    def prepare(self, prompt_tokens: torch.Tensor, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
+                target_tokens: torch.Tensor, *, noise: torch.Tensor | None = None) -> FlowJob:
+        """Everything of `inference` before the Euler solve (checks, encoder, condition, noise), as
+        a FlowJob for `solve_euler` or the batched solve of editx.decoder.batch."""
         w = self.encoder_proj.weight
         if prompt_tokens.ndim != 2 or target_tokens.ndim != 2 or target_tokens.shape[0] == 0:
             raise ValidationError("flow tokens must be non-empty (rows, 2) tensors (see editx.decoder.tokens)")
@@ -140,9 +152,31 @@ class CosyVoiceFlow(nn.Module):
         if prompt_frames:
             mel = prompt_mel.to(w.device, w.dtype).t().unsqueeze(0)  # (1, 80, Tm)
             cond[:, :, :prompt_frames] = F.interpolate(mel, size=prompt_frames, mode="nearest")
-        x = solve_euler(self.estimator, noise, mu, spk, cond, n_steps=n_steps, cfg_rate=self.cfg.cfg_rate)
-        out = x[0, :, prompt_frames:]
-        return (out, mu[0]) if return_mu else out
+        return FlowJob(noise, mu, spk, cond, keep=prompt_frames)
+
+
+@dataclass
+class FlowJob:
+    """One request's flow work, ready for the DiT's Euler solve: (1, 80, T) start noise, encoder
+    output and condition, the (1, 80) speaker projection, the DiT caches of a primed or streamed
+    chunk ([Euler step][block]; None for the one-pass offline flow) and the first frame returned."""
+
+    noise: torch.Tensor
+    mu: torch.Tensor
+    spk: torch.Tensor
+    cond: torch.Tensor
+    keep: int
+    conv: list | None = None  # [step][block] (2, 2C, 2) causal-conv context ([cond; uncond])
+    att: list | None = None  # [step][block] (2, H, S, 2D) keys|values
+
+    @property
+    def frames(self) -> int:
+        return int(self.mu.shape[2])
+
+    @property
+    def cached(self) -> int:
+        """Frames of DiT attention cache this job reads (0 for the one-pass flow)."""
+        return int(self.att[0][0].shape[2]) if self.att else 0
 
 
 # ----------------------------------------------------------------------------- weights
@@ -191,7 +225,15 @@ def to_official_key(ours: str) -> str:
 
 
 def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, source: str = FLOW_FILE) -> None:
-    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly."""
+    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly.
+
+    Strict both ways through the one key map (`_KEY_RENAMES`): every tensor in flow.pt lands in a
+    parameter or the load fails naming it. Meta tensors work too (`editx doctor` checks flow.pt's index).
+    """
+    not_float = sorted(k for k, t in state.items() if not t.dtype.is_floating_point)
+    if not_float:
+        raise ModelFilesError(f"{source}: {not_float[0]} is {state[not_float[0]].dtype}, not a float tensor; "
+                              "re-download the CosyVoice-300M-25Hz folder")
     expected = dict(model.state_dict(keep_vars=True))
     mapped: dict[str, torch.Tensor] = {}
     unexpected = []
@@ -217,23 +259,21 @@ def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, sou
     model.load_state_dict(mapped, strict=True, assign=True)
 
 
+def flow_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor dict in a loaded flow.pt (rule: a training checkpoint's "state_dict" is unwrapped)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFilesError(f"{path} must hold a flat state dict of tensors")
+    return obj
+
+
 def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32, noise_seed: int = DEFAULT_NOISE_SEED) -> CosyVoiceFlow:
     """Build the flow on the meta device, load flow.pt through the key map, then move to device/dtype."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFilesError(f"{path} not found: CosyVoice-300M-25Hz/ must hold {FLOW_FILE}")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # pre-zipfile (legacy) checkpoints cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ModelFilesError(f"{path} is not a readable torch state dict ({exc}); re-download it") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFilesError(f"{path} must hold a flat state dict of tensors")
+    state = load_torch_file(path, "CosyVoice flow checkpoint")
+    state = flow_state(state, path)
     with torch.device("meta"):
         model = CosyVoiceFlow(cfg)
     load_flow_state(model, state, source=str(path))
@@ -249,9 +289,11 @@ __all__ = [
     "NOISE_FRAMES",
     "CosyVoiceFlow",
     "DualCodebookEmbedding",
+    "FlowJob",
     "cosine_t_span",
     "guided_velocity",
     "load_flow",
+    "flow_state",
     "load_flow_state",
     "make_noise",
     "solve_euler",
