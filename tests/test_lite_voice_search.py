@@ -199,7 +199,8 @@ def test_search_beats_or_keeps_the_blend_and_survives_the_cache_form(backend):
     blend = backend.encode_voice(ref, sr, max_probes=0, search_probes=0)
     enc = backend.encode_voice(ref, sr, max_probes=0, search_probes=9, search_budget_s=math.inf)
     assert enc.search_probes == 9 and not enc.out_of_time
-    assert enc.similarity >= blend.similarity
+    # never below the blend (up to float32 rounding of the cosine: Kokoro's threads may sum in another order)
+    assert enc.similarity >= blend.similarity - 1e-5
     if enc.offset is not None:
         np.testing.assert_array_equal(enc.table[:, 128:], blend.table[:, 128:])
     again = VoiceEncoding.from_tensors(*enc.to_tensors())

@@ -148,7 +148,7 @@ class LiteBackend:
                                   lambda table: float(self._probe_embedding(table) @ prompt),
                                   max_probes=probes, budget_s=limit)
             used, out_of_time = found.probes, found.out_of_time
-            if found.similarity > sim:
+            if found.similarity > found.start_similarity:  # the search's own start is the blend, re-scored
                 offset, sim = found.offset, found.similarity
             if out_of_time:
                 log.warning("lite voice search ran out of its %.0f s budget after %d of %d probes; using the best "
