@@ -87,7 +87,8 @@ def run_voice_section(folder: Path, lite, oracle, *, search_probes: int, search_
                          "held_out": float(lite.speaker.embed(held, SAMPLE_RATE) @ emb_b),
                          "wer": oracle.wer(HELD_OUT_TEXT, held, SAMPLE_RATE) if oracle is not None else None,
                          "match_s": match_s, "voice": enc.describe()}
-        log.info("voice bench clip", extra={"clip": clip["id"], **{m: round(row[m]["held_out"], 3) for m in METHODS}})
+        log.info("voice bench clip", extra={"clip": clip["id"], **{m: round(row[m]["held_out"], 3) for m in METHODS},
+                                             **{f"{m}_wer": row[m]["wer"] for m in METHODS}})
         rows.append(row)
     summary = {m: {"objective": _median(r[m]["objective"] for r in rows),
                    "held_out": _median(r[m]["held_out"] for r in rows),
