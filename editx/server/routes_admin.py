@@ -68,12 +68,16 @@ async def cache_clear(request: Request):
 
 @router.post("/v1/voices", tags=["voices"], response_model=VoiceOut, status_code=201,
              summary="Register a reference clip and its transcript; its encoding is cached at once")
-async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str = Form(...),
+async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str | None = Form(None),
                     name: str = Form("voice")):
     from editx.server.routes_audio import decode_upload
 
     engine = engine_of(request)
     audio = await decode_upload(request, await file.read(), "voice prompt", prompt=True)
+    if prompt_text is None or not prompt_text.strip():  # the ASR writes the transcript (editx[quality])
+        from editx.verify.chain import transcribe
+
+        prompt_text = await run_in_threadpool(transcribe, engine, audio)
     voice = await request.app.state.voices.add(name, prompt_text, audio)
     await run_in_threadpool(engine.warm_prompt, audio)
     return voice.to_dict()

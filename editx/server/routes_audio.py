@@ -15,8 +15,9 @@ from editx.config import SamplingConfig
 from editx.errors import ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
-from editx.server.schemas import EditJSONRequest, SpeechRequest
+from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest
 from editx.server.streaming import ChunkFeed, EngineStreamingResponse
+from editx.server.verify_http import load_models_if, policy_for, verification_fields, verification_headers
 from editx.server.voices_async import prompt_limits, voice_prompt
 
 router = APIRouter(tags=["audio"])
@@ -62,7 +63,8 @@ async def encoded_response(result, fmt: str) -> Response:
 
     body = await run_in_threadpool(encode_audio, result.audio, result.sample_rate, fmt)
     return Response(body, media_type=MEDIA_TYPES[fmt], headers={
-        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend})
+        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend,
+        **verification_headers(result)})
 
 
 @router.post("/v1/audio/speech", summary="Speak text in a registered voice (OpenAI-compatible)")
@@ -74,20 +76,23 @@ async def speech(body: SpeechRequest, request: Request):
     req = CloneRequest(prompt, voice.prompt_text, body.input, seed=body.editx.seed, sampling=sampling,
                        voice_id=voice.id, edit_type=edit_type, edit_info=edit_info,
                        iterations=body.editx.iterations, speed=body.speed)
+    verify = policy_for(engine, body.editx.verify)
+    await load_models_if(engine, verify, needs_transcript=False)
     if body.stream_format is not None:
-        return stream_response(request, engine, req, body.response_format, body.stream_format)
-    result = await await_job(request, engine, engine.submit(req))
+        return stream_response(request, engine, req, body.response_format, body.stream_format, verify)
+    result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, body.response_format)
 
 
-def stream_response(request: Request, engine, req, fmt: str, stream_format: str) -> EngineStreamingResponse:
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
+                    verify=None) -> EngineStreamingResponse:
     """Chunked WAV/PCM as audio is produced, or OpenAI-style SSE events with base64 PCM deltas."""
     from editx.audio.io import wav_header
 
     if stream_format == "audio" and fmt not in ("wav", "pcm"):
         raise ValidationError(f"streaming supports response_format wav or pcm, not {fmt}")
     engine.backend.check(req)
-    chunks = ChunkFeed(engine, req)
+    chunks = ChunkFeed(engine, req, verify=verify)  # checked after the fact: scores in the done event
     sentinel = object()
 
     async def gen():
@@ -115,6 +120,7 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
             if stream_format == "sse":
                 tl = chunks.result.timeline
                 summary = {k: tl.get(k) for k in ("audio_s", "total_s", "ttfa_s", "rtf", "lm_tokens")}
+                summary.update(verification_fields(chunks.result))
                 yield f"data: {json.dumps({'type': 'speech.audio.done', 'editx': summary})}\n\n".encode()
         finally:
             chunks.close()  # cancels the job if the client went away
@@ -145,7 +151,12 @@ async def edits(request: Request):
             raise ValidationError("multipart field 'file' (the audio clip) is required")
         data = await upload.read()
         fields = {k: form.get(k) for k in ("audio_text", "edit_type", "edit_info", "text", "iterations", "seed",
-                                           "response_format")}
+                                           "response_format", "editx")}
+        if isinstance(fields["editx"], str):  # the editx extras travel as a JSON string in a form
+            try:
+                fields["editx"] = json.loads(fields["editx"])
+            except ValueError:
+                raise ValidationError("form field 'editx' must be a JSON object") from None
         try:
             fields = EditJSONRequest.model_validate(
                 {"audio_base64": "x", **{k: v for k, v in fields.items() if v not in (None, "")}}
@@ -157,5 +168,7 @@ async def edits(request: Request):
     audio = await decode_upload(request, data)
     req = EditRequest(audio, fields["audio_text"], fields["edit_type"], fields["edit_info"], text=fields["text"],
                       iterations=fields["iterations"], seed=fields["seed"])
-    result = await await_job(request, engine, engine.submit(req))
+    verify = policy_for(engine, EditExtras.model_validate(fields["editx"]).verify)
+    await load_models_if(engine, verify, needs_transcript=req.audio_text is None)
+    result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, fields["response_format"])

@@ -24,10 +24,11 @@ class ChunkFeed:
     """A streaming request's AudioChunks, awaitable on the loop. Iterating ends with the request's
     error, if any; `result` then holds its Result."""
 
-    def __init__(self, engine, request) -> None:
+    def __init__(self, engine, request, **stream_options) -> None:
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
-        self._stream = engine.stream(request)  # refuses at once: StreamLimitError, QueueFullError, ...
+        # refuses at once: StreamLimitError, QueueFullError, ...
+        self._stream = engine.stream(request, **stream_options)
         self._stream.on_ready(self._wake)
 
     def _wake(self) -> None:
