@@ -51,7 +51,7 @@ def main() -> int:
     from editx.pipeline.stepaudio import StepAudioBackend
     from editx.pipeline.types import PromptAudio
     from editx.server.app import create_app
-    from editx.server.chaos import ChaosClient, reference, run_for, wav_bytes
+    from editx.server.chaos import ChaosClient, reference, run_for, same_audio, wav_bytes
     from editx.server.settings import ServerSettings
     from editx.server.voices import SQLiteVoiceStore
 
@@ -95,7 +95,7 @@ def main() -> int:
     deadline = time.monotonic() + 120
     while (engine.health()["in_flight"] or engine.health()["streams"]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    after_ok = client.run("speech", 0) == alone[("speech", 0)]
+    after_ok = same_audio(client.run("speech", 0), alone[("speech", 0)])
     health = engine.health()
     after = {"rss_mib": round(rss_mib(), 1), "threads": threading.active_count()}
     report = {"seconds": round(elapsed, 1), "clients": args.clients, "requests": tally.requests,
