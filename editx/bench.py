@@ -19,8 +19,10 @@ from editx.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no warm-up.
-PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off", "default": "", "ours": ""}
+# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no
+# warm-up, upstream's one-pass flow, float32 (torch's CPU default; a bf16-capable CPU's `auto` is bf16).
+PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off,offline_prime=off,dtype=float32", "default": "",
+            "ours": ""}
 DEFAULT_TEXT = "Benchmarks measure what a report could only estimate."
 SENTENCES = ("Benchmarks measure what a report could only estimate.",
              "Every stage is timed on the same clock, and nothing is guessed.",
@@ -141,6 +143,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--lm-new-tokens", type=int, default=64)
     s.add_argument("--lm-batch", type=int, default=4)
     s.add_argument("--load", action="store_true", help="peak RSS while loading, in a fresh process")
+    s.add_argument("--voices", type=Path, default=None,
+                   help="real-voice set folder (manifest.json): lite voice similarity per clip and method, "
+                        "side by side (see data/real-voices/README.md)")
+    s.add_argument("--voices-limit", type=int, default=None, help="only the first N clips of --voices")
     s.add_argument("--memory", action="store_true",
                    help="only the memory section: bytes per component and precision for the released model "
                         "(meta device, no weights needed), KV cache and activations, checked against the RSS of "
@@ -367,6 +373,8 @@ def run(args: argparse.Namespace) -> int:
                                                  new_tokens=args.lm_new_tokens, batch=args.lm_batch)
         if args.load or args.all:
             report["load"] = bench_runs.probe_load(config)
+        if args.voices is not None:
+            report["voices"] = _voice_section(args, config, oracle)
     finally:
         pool.close()
         bench_runs.cleanup(workdir)
@@ -377,6 +385,20 @@ def run(args: argparse.Namespace) -> int:
     print(report_mod.markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths if p is not None))
     return 0
+
+
+def _voice_section(args, config, oracle) -> dict[str, Any]:
+    from editx.bench_voices import run_voice_section
+    from editx.config import EngineConfig
+    from editx.lite.backend import LiteBackend
+    from editx.quality import QualityOracle
+
+    search = EngineConfig.from_env()  # EDITX_LITE_SEARCH_PROBES / _BUDGET_S, as a server would run
+    lite = LiteBackend.load(threads=config.threads or 2)
+    lite.warmup()
+    return run_voice_section(args.voices, lite, oracle or QualityOracle(threads=config.threads or 2),
+                             search_probes=search.lite_search_probes, search_budget_s=search.lite_search_budget_s,
+                             limit=args.voices_limit)
 
 
 def run_memory(args, config, fixture) -> int:

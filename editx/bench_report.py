@@ -289,7 +289,7 @@ def markdown(report: dict) -> str:
                 f"| HF-generate style | {_f(lm['hf_style']['prefill_s'])} | {_f(lm['hf_style']['decode_tok_s'], '.1f')} |",
                 f"| bandwidth bound | | {_f(lm['bandwidth_bound_tok_s'], '.1f')} |", "",
                 f"same greedy tokens: {lm['same_greedy_tokens']}", ""]
-    if comp := report.get("compute"):
+    if (comp := report.get("compute")) and comp.get("arms"):
         pk = comp["peak_gflop_s"]
         out += ["## compute bound (FLOPs counted from shapes, warm offline runs, medians)", "",
                 f"measured matmul peak: float32 {_f(pk.get('float32'), '.1f')} GFLOP/s, bfloat16 "
@@ -305,6 +305,10 @@ def markdown(report: dict) -> str:
                 f"growth {_f(load['load_delta_mb'], '.0f')} MB; loaded weights "
                 f"{_f(load['loaded_weight_bytes'] / 2**20, '.0f')} MB, weight files "
                 f"{_f((load['weight_file_bytes'] or 0) / 2**20, '.0f')} MB; load {_f(load['load_s'], '.2f')} s", ""]
+    if voices := report.get("voices"):
+        from editx.bench_voices import markdown as voices_markdown
+
+        out += voices_markdown(voices)
     out += ["## targets", "", "| target | measured | threshold | status | note |", "|---|---|---|---|---|"]
     out += [f"| {t['goal']} | {_f(t['measured'])} | {t['threshold']} | {t['status']} | {t['note']} |"
             for t in report.get("targets") or ()]

@@ -122,6 +122,9 @@ class EngineConfig:
     verify_min_speaker_sim: float = DEFAULT_MIN_SPEAKER_SIM  # similarity to the prompt / input clip at least this
     verify_attempts: int = DEFAULT_ATTEMPTS  # generations in all, each with a new seed, before the best is returned
     asr_model_dir: Path | None = None  # a CTranslate2 Whisper folder; None: the bundled tiny.en (English)
+    # lite voice matching: timbre-search probes and seconds per new voice (0 probes: blend only)
+    lite_search_probes: int = 48
+    lite_search_budget_s: float = 25.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -154,6 +157,9 @@ class EngineConfig:
             raise ValidationError(f"stream_noise must be one of {', '.join(STREAM_NOISE)}, got {self.stream_noise!r}")
         if self.segment_max_chars is not None and self.segment_max_chars < 20:
             raise ValidationError(f"segment_max_chars must be >= 20, got {self.segment_max_chars}")
+        if self.lite_search_probes < 0 or not self.lite_search_budget_s >= 0:
+            raise ValidationError(f"lite_search_probes and lite_search_budget_s must be >= 0, got "
+                                  f"{self.lite_search_probes} and {self.lite_search_budget_s}")
         if self.segment_pause_s < 0 or self.edit_window_s < 2:
             raise ValidationError("segment_pause_s must be >= 0 and edit_window_s >= 2 (seconds)")
         if self.model_dir is not None and not isinstance(self.model_dir, Path):
@@ -248,6 +254,8 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_STREAM_STALL_S": EnvVar(float, engine="stream_stall_s"),
     "EDITX_STUCK_AFTER_S": EnvVar(float, engine="stuck_after_s"),
     "EDITX_CLOSE_GRACE_S": EnvVar(float, engine="close_grace_s"),
+    "EDITX_LITE_SEARCH_PROBES": EnvVar(int, engine="lite_search_probes"),
+    "EDITX_LITE_SEARCH_BUDGET_S": EnvVar(float, engine="lite_search_budget_s"),
     # server (ServerSettings.from_env)
     "EDITX_DATA_DIR": EnvVar(Path, server="data_dir", other="lite's assembled model files"),
     "EDITX_API_KEYS": EnvVar(_str_set, server="api_keys"),

@@ -30,7 +30,8 @@ def test_parse_overrides_and_profiles():
     assert bench.parse_overrides("quantize=int8") == {"quantize": "int8"}
     assert bench.parse_overrides("stream_prime=off") == {"stream_prime": False}
     assert bench.parse_overrides("quantize=none,flow_steps=5") == {"quantize": None, "flow_steps": 5}
-    assert bench.parse_overrides("baseline") == {"cache": False, "lm_loop": "naive", "warmup": False}
+    assert bench.parse_overrides("baseline") == {"cache": False, "lm_loop": "naive", "warmup": False,
+                                                 "offline_prime": False, "dtype": "float32"}
     assert bench.parse_overrides("baseline,flow-steps=5")["flow_steps"] == 5
     assert bench.parse_overrides("") == {} and bench.parse_overrides("default") == {}
     for bad in ("cache=maybe", "nonsense=1", "threads=two", "fastest"):

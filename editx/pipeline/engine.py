@@ -265,7 +265,7 @@ class Engine:
         `close_grace_s`), then fail what is left with EngineClosedError. Returns once the worker
         stopped (or could not be stopped within CLOSE_MARGIN_S more; its requests are failed anyway)."""
         grace = self.config.close_grace_s if grace_s is None else max(0.0, grace_s)
-        if self._q.close():
+        if self._q.close() or self._deadline is None:  # (None: the worker stopped on its own)
             self._deadline = time.monotonic() + grace
             log.info("engine closing", extra={"grace_s": grace, "pending": self._q.admitted})
         self._worker.join(timeout=max(0.0, self._deadline - time.monotonic()) + 0.1)
