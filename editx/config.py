@@ -262,6 +262,7 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_CORS_ORIGINS": EnvVar(parse_str_list, server="cors_origins"),
     "EDITX_URL_ALLOWLIST": EnvVar(parse_str_list, server="url_allowlist"),
     "EDITX_MAX_REQUEST_BYTES": EnvVar(int, server="max_request_bytes"),
+    "EDITX_SHUTDOWN_GRACE_S": EnvVar(float, server="shutdown_grace_s"),
     "EDITX_VOICES_URL": EnvVar(str, other="a separate Redis for the voice registry"),
     "EDITX_SESSION_TTL_S": EnvVar(float, other="edit sessions: expiry after the last change"),
     "EDITX_SESSION_MAX_VERSIONS": EnvVar(int, other="edit sessions: versions per session"),

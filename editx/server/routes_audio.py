@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from editx.config import SamplingConfig
@@ -16,7 +16,9 @@ from editx.errors import ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
 from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest
+from editx.server.streaming import ChunkFeed, EngineStreamingResponse
 from editx.server.verify_http import load_models_if, policy_for, verification_fields, verification_headers
+from editx.server.voices_async import prompt_limits, voice_prompt
 
 router = APIRouter(tags=["audio"])
 
@@ -43,12 +45,16 @@ def parse_instructions(instructions: str | None, edit_type: str | None, edit_inf
                           "from GET /v1/edits (e.g. 'emotion:happy')")
 
 
-async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio") -> PromptAudio:
+async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio", *,
+                        prompt: bool = False) -> PromptAudio:
+    """Decode an upload within the length limits (a voice prompt's own when `prompt`), checked
+    while decoding (a too-long file is refused from its header), before the engine sees it."""
     from editx.audio.io import load_audio
 
-    settings = request.app.state.settings
+    limits = prompt_limits(request)
+    max_s = limits.max_s if prompt else request.app.state.settings.max_audio_seconds
     # the upload's own file name is never used, not even in messages
-    audio = await run_in_threadpool(load_audio, data, max_seconds=settings.max_audio_seconds, name=what)
+    audio = await run_in_threadpool(load_audio, data, max_seconds=max_s, min_seconds=limits.min_s, name=what)
     return PromptAudio(audio.samples, audio.sample_rate)
 
 
@@ -64,9 +70,7 @@ async def encoded_response(result, fmt: str) -> Response:
 @router.post("/v1/audio/speech", summary="Speak text in a registered voice (OpenAI-compatible)")
 async def speech(body: SpeechRequest, request: Request):
     engine = engine_of(request)
-    store = request.app.state.store
-    voice = store.get(body.voice)
-    prompt = await run_in_threadpool(store.audio, body.voice)
+    voice, prompt = await voice_prompt(request, body.voice)
     edit_type, edit_info = parse_instructions(body.instructions, body.editx.edit_type, body.editx.edit_info)
     sampling = SamplingConfig(temperature=body.editx.temperature) if body.editx.temperature is not None else None
     req = CloneRequest(prompt, voice.prompt_text, body.input, seed=body.editx.seed, sampling=sampling,
@@ -80,14 +84,15 @@ async def speech(body: SpeechRequest, request: Request):
     return await encoded_response(result, body.response_format)
 
 
-def stream_response(request: Request, engine, req, fmt: str, stream_format: str, verify=None) -> StreamingResponse:
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
+                    verify=None) -> EngineStreamingResponse:
     """Chunked WAV/PCM as audio is produced, or OpenAI-style SSE events with base64 PCM deltas."""
     from editx.audio.io import wav_header
 
     if stream_format == "audio" and fmt not in ("wav", "pcm"):
         raise ValidationError(f"streaming supports response_format wav or pcm, not {fmt}")
     engine.backend.check(req)
-    chunks = engine.stream(req, verify=verify)  # checked after the fact: scores in the done event
+    chunks = ChunkFeed(engine, req, verify=verify)  # checked after the fact: scores in the done event
     sentinel = object()
 
     async def gen():
@@ -96,7 +101,7 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
                 yield wav_header(engine.backend.sample_rate)
             while True:
                 try:
-                    chunk = await run_in_threadpool(next, chunks, sentinel)
+                    chunk = await anext(chunks, sentinel)
                 except Exception as exc:
                     if stream_format != "sse":
                         raise  # the connection ends without its last chunk: the client sees a cut stream
@@ -121,7 +126,8 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
             chunks.close()  # cancels the job if the client went away
 
     media = "text/event-stream" if stream_format == "sse" else MEDIA_TYPES[fmt]
-    return StreamingResponse(gen(), media_type=media, headers={"X-Editx-Backend": engine.backend.name})
+    return EngineStreamingResponse(gen(), chunks, media_type=media,
+                                   headers={"X-Editx-Backend": engine.backend.name})
 
 
 @router.post("/v1/audio/edits", summary="Edit an uploaded clip (multipart or JSON with base64 audio)")

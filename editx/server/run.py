@@ -36,5 +36,7 @@ def serve(args, config) -> int:
                      store=make_voice_store(settings, config.redis_url))
     log.info("serving", extra={"host": args.host, "port": args.port, "backend": config.resolved_backend,
                                "auth": bool(settings.api_keys), "data_dir": str(settings.data_dir)})
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    # on SIGTERM, requests in flight get shutdown_grace_s to finish; then the lifespan closes the engine
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
     return 0
