@@ -19,8 +19,10 @@ from editx.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no warm-up.
-PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off", "default": "", "ours": ""}
+# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no
+# warm-up, upstream's one-pass flow, float32 (torch's CPU default; a bf16-capable CPU's `auto` is bf16).
+PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off,offline_prime=off,dtype=float32", "default": "",
+            "ours": ""}
 DEFAULT_TEXT = "Benchmarks measure what a report could only estimate."
 SENTENCES = ("Benchmarks measure what a report could only estimate.",
              "Every stage is timed on the same clock, and nothing is guessed.",
@@ -134,6 +136,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of speech, e.g. 5,60: time to first audio vs full latency per text length "
                         "(streamed and offline, alternated; --all runs 5,60)")
     s.add_argument("--stream-text-runs", type=int, default=1, help="streamed + offline pairs per text length")
+    s.add_argument("--verify-texts", type=int, default=0,
+                   help="verification section: cost and retries over this many texts (needs editx[quality])")
     s.add_argument("--lm", action="store_true", help="LM tokens/s: ours vs HF-generate style vs bandwidth bound")
     s.add_argument("--lm-prompt-len", type=int, default=512)
     s.add_argument("--lm-new-tokens", type=int, default=64)
@@ -356,6 +360,10 @@ def run(args: argparse.Namespace) -> int:
             arms = [a for a in pool.arms if a is not main_arm] + [main_arm]  # A/B: both arms, point by point
             report["stream_texts"] = run_stream_texts(pool, arms, reqs, _csv_numbers(stream_texts),
                                                       runs=max(1, args.stream_text_runs), fixture=bool(fixture))
+        if args.verify_texts > 0:
+            from editx.bench_verify import run_verify_section
+
+            report["verify"] = run_verify_section(pool, main_arm, reqs, args.verify_texts)
         if sweeps:
             report["sweeps"] = run_sweeps(args, pool, main_arm, reqs, sorted(sweeps))
         report["compute"] = _compute_section(pool, report)

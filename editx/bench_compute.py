@@ -63,11 +63,14 @@ def lm_linear_params(cfg) -> tuple[int, int]:
     return cfg.num_hidden_layers * per_layer, c * cfg.vocab_size
 
 
-def lm_gflop(cfg, *, prompt_tokens: int = 0, new_tokens: int = 0) -> dict[str, float]:
-    """GFLOP of prefilling `prompt_tokens` and decoding `new_tokens` after them, one row."""
+def lm_gflop(cfg, *, prompt_tokens: int = 0, new_tokens: int = 0, cached_tokens: int = 0) -> dict[str, float]:
+    """GFLOP of prefilling `prompt_tokens` (the first `cached_tokens` restored from a voice prefix's
+    KV, not computed) and decoding `new_tokens` after them, one row."""
     layers, head = lm_linear_params(cfg)
     attn = 2 * 2 * cfg.num_hidden_layers * cfg.hidden_size  # q·K and p·V per (query, key) pair
-    prefill = 2 * layers * prompt_tokens + 2 * head + attn * prompt_tokens * (prompt_tokens + 1) / 2
+    new = prompt_tokens - cached_tokens
+    # causal: query i reads cached_tokens + i + 1 keys
+    prefill = 2 * layers * new + 2 * head + attn * (new * cached_tokens + new * (new + 1) / 2)
     ctx = prompt_tokens + new_tokens / 2  # mean context over the decode
     decode = new_tokens * (2 * (layers + head) + attn * ctx)
     return {"lm_prefill": prefill / GIGA, "lm_decode": decode / GIGA}
@@ -115,7 +118,8 @@ class StageFlops:
                 self._vocoder = vocoder_gflop_per_frame(dec.hift)
             return self._vocoder * int(attrs["frames"])
         if name == "lm_prefill" and lm is not None:
-            return lm_gflop(lm.config, prompt_tokens=int(attrs.get("prompt_tokens") or 0))["lm_prefill"]
+            return lm_gflop(lm.config, prompt_tokens=int(attrs.get("prompt_tokens") or 0),
+                            cached_tokens=int(attrs.get("cached_tokens") or 0))["lm_prefill"]
         if name == "lm_decode" and lm is not None:
             return lm_gflop(lm.config, prompt_tokens=prompt_tokens,
                             new_tokens=int(attrs.get("tokens") or 0))["lm_decode"]
@@ -124,8 +128,12 @@ class StageFlops:
 
 def peaks(device: str | torch.device = "cpu") -> dict[str, float]:
     """The measured matmul peak (GFLOP/s) in float32 and bfloat16 on the current torch threads."""
+    from editx.config import cpu_supports_bf16
+
+    # emulated bf16 runs ~1% of float32's speed: a smaller matmul measures it as well, in seconds, not a minute
+    emulated = torch.device(device).type == "cpu" and not cpu_supports_bf16()
     return {"float32": matmul_peak_gflop_s(torch.float32, device=device),
-            "bfloat16": matmul_peak_gflop_s(torch.bfloat16, device=device)}
+            "bfloat16": matmul_peak_gflop_s(torch.bfloat16, n=256 if emulated else PEAK_N, device=device)}
 
 
 def summarize(runs: list[dict], peak: dict[str, float], dtype: str) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def release_table(*, max_batch: int = 8, max_len: int = 8192, prompt_s: float = 
                             "flow_steps": flow_steps, "prefill_chunk": prefill_chunk,
                             "flow_dit": f"{est.hidden_size} wide, {est.depth} blocks, {est.num_heads} heads of "
                                         f"{est.head_dim} (flow.keys.json)",
-                            "onnx": "speech_tokenizer_v1.onnx and campplus.onnx not counted (sizes not in the "
+                            "onnx": "speech_tokenizer_v1.onnx and campplus.onnx (their sizes are not in the "
                                     "release facts): add their file sizes"}}
 
 

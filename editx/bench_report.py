@@ -272,6 +272,10 @@ def markdown(report: dict) -> str:
                        f"{_f(p['ttfa_s'], '.2f')} | {_f(p['stream_total_s'], '.2f')} | "
                        f"{_f(p['offline_total_s'], '.2f')} | {_f(p['ttfa_fraction'])} | {parts} |")
         out.append("")
+    if verify := report.get("verify"):
+        from editx.bench_verify import markdown as verify_markdown
+
+        out += verify_markdown(verify)
     for name, points in (report.get("sweeps") or {}).items():
         out += [f"## sweep: {name}", "", "| value | requests | throughput (audio s / wall s) | p50 s | p90 s |",
                 "|---|---|---|---|---|"]
@@ -285,7 +289,7 @@ def markdown(report: dict) -> str:
                 f"| HF-generate style | {_f(lm['hf_style']['prefill_s'])} | {_f(lm['hf_style']['decode_tok_s'], '.1f')} |",
                 f"| bandwidth bound | | {_f(lm['bandwidth_bound_tok_s'], '.1f')} |", "",
                 f"same greedy tokens: {lm['same_greedy_tokens']}", ""]
-    if comp := report.get("compute"):
+    if (comp := report.get("compute")) and comp.get("arms"):
         pk = comp["peak_gflop_s"]
         out += ["## compute bound (FLOPs counted from shapes, warm offline runs, medians)", "",
                 f"measured matmul peak: float32 {_f(pk.get('float32'), '.1f')} GFLOP/s, bfloat16 "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editx.errors import ValidationError
+from editx.verify.policy import DEFAULT_ATTEMPTS, DEFAULT_MAX_WER, DEFAULT_MIN_SPEAKER_SIM, VerifyPolicy
 
 if TYPE_CHECKING:  # torch is imported where a device is resolved, so the env table stays light
     import torch
@@ -115,6 +116,12 @@ class EngineConfig:
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences
+    # output verification (editx.verify): the default for requests that do not say; thresholds and tries
+    verify: bool = False
+    verify_max_wer: float = DEFAULT_MAX_WER  # WER (CER for Chinese/Japanese) at most this
+    verify_min_speaker_sim: float = DEFAULT_MIN_SPEAKER_SIM  # similarity to the prompt / input clip at least this
+    verify_attempts: int = DEFAULT_ATTEMPTS  # generations in all, each with a new seed, before the best is returned
+    asr_model_dir: Path | None = None  # a CTranslate2 Whisper folder; None: the bundled tiny.en (English)
     # lite voice matching: timbre-search probes and seconds per new voice (0 probes: blend only, the
     # default: on the real-voice set the search raised its own objective but not a held-out score;
     # docs/PERFORMANCE.md). 48 probes, 25 s keeps a match near 30 s on 2 free cores.
@@ -159,6 +166,9 @@ class EngineConfig:
             raise ValidationError("segment_pause_s must be >= 0 and edit_window_s >= 2 (seconds)")
         if self.model_dir is not None and not isinstance(self.model_dir, Path):
             object.__setattr__(self, "model_dir", Path(self.model_dir))
+        if self.asr_model_dir is not None and not isinstance(self.asr_model_dir, Path):
+            object.__setattr__(self, "asr_model_dir", Path(self.asr_model_dir))
+        VerifyPolicy.from_config(self)  # the verify_* thresholds, checked with the ranges requests get
         if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
@@ -234,6 +244,11 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_SEGMENT_PAUSE_S": EnvVar(float, engine="segment_pause_s"),
     "EDITX_EDIT_WINDOW_S": EnvVar(float, engine="edit_window_s"),
     "EDITX_MAX_AUDIO_SECONDS": EnvVar(float, engine="max_audio_seconds", server="max_audio_seconds"),
+    "EDITX_VERIFY": EnvVar(_env_bool, engine="verify"),
+    "EDITX_VERIFY_MAX_WER": EnvVar(float, engine="verify_max_wer"),
+    "EDITX_VERIFY_MIN_SPEAKER_SIM": EnvVar(float, engine="verify_min_speaker_sim"),
+    "EDITX_VERIFY_ATTEMPTS": EnvVar(int, engine="verify_attempts"),
+    "EDITX_ASR_MODEL_DIR": EnvVar(Path, engine="asr_model_dir"),
     "EDITX_MIN_PROMPT_S": EnvVar(float, engine="min_prompt_s"),
     "EDITX_MAX_PROMPT_S": EnvVar(float, engine="max_prompt_s"),
     "EDITX_MAX_STREAMS": EnvVar(int, engine="max_streams"),
@@ -249,6 +264,7 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_CORS_ORIGINS": EnvVar(parse_str_list, server="cors_origins"),
     "EDITX_URL_ALLOWLIST": EnvVar(parse_str_list, server="url_allowlist"),
     "EDITX_MAX_REQUEST_BYTES": EnvVar(int, server="max_request_bytes"),
+    "EDITX_SHUTDOWN_GRACE_S": EnvVar(float, server="shutdown_grace_s"),
     "EDITX_VOICES_URL": EnvVar(str, other="a separate Redis for the voice registry"),
     "EDITX_SESSION_TTL_S": EnvVar(float, other="edit sessions: expiry after the last change"),
     "EDITX_SESSION_MAX_VERSIONS": EnvVar(int, other="edit sessions: versions per session"),

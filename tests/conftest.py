@@ -184,3 +184,15 @@ def assert_close_rel(actual, expected, *, dtype=None, ulps: float = ULPS, scale:
     assert a.shape == e.shape, f"{what} shape {a.shape} != {e.shape}"
     err = float(np.abs(a - e).max()) if a.size else 0.0
     assert err <= tol, f"{what} differs by {err:.3g} > {tol:.3g} ({ulps} ulps of the dtype at the values' magnitude)"
+
+
+def assert_pcm_close(actual: bytes, expected: bytes, *, steps: int = 1, what: str = "") -> None:
+    """Two 16-bit PCM bodies hold the same audio within `steps` quantisation steps: results computed
+    in float32 by differently batched runs (flow is batched across requests) differ by rounding, and
+    one step (2**-15 of full scale) is ~256 float32 ulps at full scale."""
+    import numpy as np
+
+    a, b = (np.frombuffer(x, dtype="<i2").astype(np.int32) for x in (actual, expected))
+    assert a.shape == b.shape, f"{what} {a.size} samples != {b.size}"
+    err = int(np.abs(a - b).max()) if a.size else 0
+    assert err <= steps, f"{what} differs by {err} 16-bit steps > {steps}"

@@ -50,6 +50,12 @@ def test_lm_flops_match_torchs_counter(tmp_path):
     assert est["lm_decode"] / 2 == pytest.approx(dec, rel=0.05)
     # the prefill's attention is counted as causal (half the square); torch counts the whole square
     assert est["lm_prefill"] == pytest.approx(pre, rel=0.1)
+    # a restored voice prefix: only the rest of the prompt is computed, attending to the prefix too
+    cache = KVCache.for_model(model, 1, 64)
+    prefill(model, cache, [0], [prompt[:30]], [0])
+    rest = _counted(lambda: prefill(model, cache, [0], [prompt[30:]], [30]))
+    cached = bench_compute.lm_gflop(model.config, prompt_tokens=len(prompt), cached_tokens=30)["lm_prefill"]
+    assert cached == pytest.approx(rest, rel=0.1) and cached < est["lm_prefill"]
 
 
 def test_peak_and_summary_are_consistent():

@@ -171,4 +171,7 @@ def test_a_request_failing_in_the_lm_fails_alone_and_leaks_no_slot(make_engine, 
             assert_close_rel(fut.result(timeout=120).audio, want, scale=1.0,  # audio full scale
                              what="batch mate vs serial")
         assert eng.backend._session().free_slots == eng.config.max_batch
+    deadline = time.monotonic() + 60  # the counts are released by the futures' done callbacks
+    while eng.health()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert eng.health()["in_flight"] == 0 and eng.alive

@@ -6,18 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from editx.decoder import load_decoder
 from editx.decoder.batch import buckets, key_mask
-from editx.fixtures import decoder as decoder_fixture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("decoder")
-    decoder_fixture.write(root, "tiny", seed=0)
-    return load_decoder(decoder_fixture.cosyvoice_dir(root))
+def decoder(tiny_backend):
+    return tiny_backend.decoder  # the tiny fixture's decoder, float32
 
 
 def _voice(rng, seconds: float):

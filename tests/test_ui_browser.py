@@ -60,6 +60,16 @@ def test_clone_click_through(server_url, tmp_path):
             page.click("#edit-btn")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('done')",
                                    timeout=120_000)
+            # verified clone: random fixture weights never say the words, so all 3 attempts fail and
+            # the best comes back marked, with its scores (needs editx[quality])
+            if __import__("importlib").util.find_spec("faster_whisper") is not None:
+                page.check("#verify")
+                page.click("#clone-btn")
+                page.wait_for_function("document.getElementById('status').textContent.startsWith('done')",
+                                       timeout=300_000)
+                shown = page.inner_text("#verification")
+                assert "NOT verified · WER " in shown and "speaker similarity" in shown and "/3" in shown
+                assert "verify" in page.inner_text("#timeline")
             page.screenshot(path=str(tmp_path / "ui.png"))
         finally:
             browser.close()

@@ -43,6 +43,7 @@ FFMPEG_CODECS = {
     "aac": _Codec("adts", "aac", 128_000, (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)),
 }
 ENCODE_FALLBACK_RATE = 48000
+SF_BLOCK_FRAMES = 1 << 16  # frames decoded at a time when a file's length must be counted
 UNKNOWN_SIZE = 0xFFFFFFFF  # RIFF/data size for a WAV stream whose length is not known yet
 
 
@@ -90,13 +91,26 @@ def _open_bytes(src: Source, label: str) -> bytes:
     return data
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than the caller's limit (a server answers 413: the content is over its limit)."""
+
+
+def check_duration(label: str, seconds: float, min_seconds: float | None = None,
+                   max_seconds: float | None = None) -> None:
+    """`seconds` of audio against the bounds; the message names the length and the bound."""
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLongError(f"{label}: audio is {seconds:.1f} s long; the limit is {max_seconds:g} s")
+    if min_seconds is not None and seconds < min_seconds:
+        raise AudioError(f"{label}: audio is {seconds:.2f} s long; the minimum is {min_seconds:g} s")
+
+
 def _check_header(label: str, sample_rate: int, channels: int, frames: int | None, max_seconds) -> None:
     if channels < 1:
         raise AudioError(f"{label}: the audio has no channels")
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise AudioError(f"{label}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
-    if frames is not None and max_seconds is not None and frames > max_seconds * sample_rate:
-        raise AudioError(f"{label}: audio is {frames / sample_rate:.1f} s long; the limit is {max_seconds:g} s")
+    if frames is not None:
+        check_duration(label, frames / sample_rate, max_seconds=max_seconds)
 
 
 def _decode_soundfile(data: bytes, label: str, max_seconds) -> tuple[np.ndarray, int] | None:
@@ -105,12 +119,19 @@ def _decode_soundfile(data: bytes, label: str, max_seconds) -> tuple[np.ndarray,
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None  # not a libsndfile format: let FFmpeg try
     with f:
+        # the header's frame count rejects a too-long file before a sample is decoded; without one
+        # (a streamed WAV, some mp3s), blocks are decoded and counted until the limit is passed
         _check_header(label, f.samplerate, f.channels, f.frames if f.frames > 0 else None, max_seconds)
+        parts, total = [], 0
         try:
-            block = f.read(dtype="float32", always_2d=True)  # (N, C)
+            for block in f.blocks(blocksize=SF_BLOCK_FRAMES, dtype="float32", always_2d=True):  # (n, C)
+                parts.append(block.mean(axis=1, dtype=np.float32))
+                total += block.shape[0]
+                _check_header(label, f.samplerate, 1, total, max_seconds)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"{label}: the audio data is corrupt ({exc})") from exc
-        return block.mean(axis=1, dtype=np.float32), int(f.samplerate)
+        samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return samples, int(f.samplerate)
 
 
 def _decode_ffmpeg(data: bytes, label: str, max_seconds) -> tuple[np.ndarray, int]:
@@ -147,13 +168,16 @@ def _decode_ffmpeg(data: bytes, label: str, max_seconds) -> tuple[np.ndarray, in
     return samples, rate
 
 
-def load_audio(src: Source, *, max_seconds: float | None = None, name: str | None = None) -> Audio:
+def load_audio(src: Source, *, max_seconds: float | None = None, min_seconds: float | None = None,
+               name: str | None = None) -> Audio:
     """Decode `src` (path, bytes or binary file object) to mono float32 at its own sample rate.
 
     `name` labels error messages (e.g. an upload's file name); by default the path's file name.
 
     Raises AudioError for a missing or empty file, data that is not audio, no channels, a sample
-    rate outside 1000..384000 Hz, zero samples, NaN/inf samples, or audio longer than max_seconds.
+    rate outside 1000..384000 Hz, zero samples, NaN/inf samples, or audio shorter than min_seconds;
+    AudioTooLongError for audio longer than max_seconds, as soon as the container's duration (or
+    the decoded part) shows it, so a long file is never decoded whole just to be refused.
     """
     label = name or _describe(src)
     data = _open_bytes(src, label)
@@ -165,6 +189,7 @@ def load_audio(src: Source, *, max_seconds: float | None = None, name: str | Non
     if samples.shape[0] == 0:
         raise AudioError(f"{label}: the file decodes to zero samples")
     _check_header(label, rate, 1, samples.shape[0], max_seconds)
+    check_duration(label, samples.shape[0] / rate, min_seconds=min_seconds)
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"{label}: the audio contains NaN or infinite samples")
     return Audio(samples=np.ascontiguousarray(samples, dtype=np.float32), sample_rate=rate)

@@ -254,7 +254,8 @@ class StepAudioBackend:
         for i, job in enumerate(jobs):
             n = len(results[i] or ())
             job.timeline.add_stage("lm_prefill", t_start[i], t_prefill, batch=len(jobs),
-                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss")
+                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss",
+                                   cached_tokens=len(prefixes[i][0]) if hit_prefix[i] else 0)
             job.timeline.add_stage("lm_decode", t_start[i] + t_prefill, max(0.0, total - t_prefill),
                                    batch=len(jobs), tokens=n)
             if prefixes[i] is not None:
@@ -431,8 +432,9 @@ class StepAudioBackend:
         # the streaming decode too: its setup and chunk shapes differ from the offline flow's
         enc = job.prompt
         prime = None
-        if self.config.stream_prime:
-            prime = self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
+        if self.config.stream_prime:  # the offline round above made it already when offline_prime is on
+            made = job.flow_prime[1] if job.flow_prime is not None and job.flow_prime[0] is enc else None
+            prime = made or self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
         stream = self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
                                           chunk_rows=self.config.stream_chunk_rows, prime=prime)
         stream.finish(WARMUP_GROUP)  # the prompt side, then one last chunk: the smallest stream

@@ -1,7 +1,9 @@
 """FastAPI application: OpenAI-compatible speech, edits, voices, health, metrics and the web UI.
 
-One process, one Engine. Blocking model work never runs on the event loop: requests are submitted
-to the Engine's bounded queue and awaited as futures; a client that disconnects cancels its job.
+One process, one Engine. Nothing blocking runs on the event loop: requests are submitted to the
+Engine's bounded queue and awaited as futures (a client that disconnects cancels its job), streams
+are fed from the worker without a thread each (streaming.py), and voice-store calls run on threads
+of their own (voices_async.py). The app owns its engine: shutdown closes it, its cache and the store.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,17 +27,21 @@ from editx.errors import (
     BackendUnsupportedError,
     CancelledError,
     EditxError,
+    EngineClosedError,
     ModelFilesError,
     QueueFullError,
     ValidationError,
 )
+from editx.server.limits import APIKeyMiddleware, BodyLimitMiddleware
 from editx.server.settings import ServerSettings
 from editx.server.voices import UnknownVoiceError
+from editx.server.voices_async import AsyncVoiceStore
 from editx.server.voices_redis import StoreUnavailableError, make_voice_store
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+ENGINE_CLOSED_RETRY_S = 5  # a closed engine means this process is going away: retry (another replica)
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/static", "/openapi.json", "/docs")
 
 
@@ -46,6 +53,8 @@ class EngineHolder:
         self.error: str | None = None
         self._loader = loader
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.closed = False
 
     def start(self) -> None:
         if self.engine is None and self._loader is not None and self._thread is None:
@@ -54,14 +63,51 @@ class EngineHolder:
 
     def _load(self) -> None:
         try:
-            self.engine = self._loader()
+            engine = self._loader()
         except Exception as exc:
             log.exception("engine failed to load")
             self.error = str(exc)
+            return
+        with self._lock:
+            self.engine = engine
+            closed = self.closed
+        if closed:  # shut down while it was loading
+            close_engine(engine)
+
+    def close(self) -> None:
+        """Close the engine (work still in it fails with 'engine closed') and its cache; idempotent."""
+        with self._lock:
+            self.closed, engine = True, self.engine
+        if engine is not None:
+            close_engine(engine)
 
     @property
     def ready(self) -> bool:
         return self.engine is not None and getattr(self.engine, "ready", False)
+
+
+def close_engine(engine) -> None:
+    engine.close()
+    if engine.cache is not None:
+        engine.cache.close()
+    log.info("engine closed")
+
+
+def worker_health(engine) -> dict | None:
+    """None while the engine's model worker runs and makes progress; else its health() with an
+    `error` saying what is wrong (for /healthz, so a liveness probe restarts a wedged process)."""
+    if engine is None:
+        return None  # still loading: the process itself is fine
+    health = engine.health()
+    if health["alive"]:
+        return None
+    if health["stuck"]:
+        why = f"the model worker is stuck (no progress for {health['heartbeat_age_s']:.0f} s with work pending)"
+    elif health["closed"]:
+        why = "the engine is closed (the server is shutting down)"
+    else:
+        why = "the model worker is not running (its thread died); restart the server"
+    return {**health, "error": why}
 
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
@@ -83,6 +129,10 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
         return 404, "not_found"
     if isinstance(exc, QueueFullError):
         return 429, "queue_full"
+    from editx.audio.io import AudioTooLongError  # (av and soundfile load with the first request)
+
+    if isinstance(exc, AudioTooLongError):
+        return 413, "too_large"
     if isinstance(exc, (ValidationError, AudioError)):
         return 400, "invalid_request"
     if isinstance(exc, BackendUnsupportedError):
@@ -91,44 +141,11 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
         return 499, "cancelled"
     if isinstance(exc, ModelFilesError):
         return 503, "model_unavailable"
+    if isinstance(exc, EngineClosedError):
+        return 503, "engine_closed"
     if isinstance(exc, StoreUnavailableError):
         return 503, "store_unavailable"
     return 500, "editx_error"
-
-
-class BodyLimitMiddleware:
-    """Reject bodies over the limit (by Content-Length, and by counting chunked bodies)."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                resp = error_response(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
-                return await resp(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            resp = error_response(413, f"request body is over the {self.max_bytes} byte limit", "too_large")
-            await resp(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None) -> FastAPI:
@@ -141,27 +158,22 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     async def lifespan(_app: FastAPI):
         holder.start()
         yield
+        # uvicorn has let in-flight requests finish (up to its graceful-shutdown timeout, set from
+        # shutdown_grace_s by `editx serve`); what is left in the engine now fails with a clear error
+        await anyio.to_thread.run_sync(holder.close)
+        await anyio.to_thread.run_sync(store.close)
 
     app = FastAPI(title="editx", version="0.1.0", lifespan=lifespan,
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
     app.state.holder, app.state.settings, app.state.store = holder, settings, store
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        path = request.url.path
-        if settings.api_keys and path.startswith("/v1/"):
-            auth = request.headers.get("authorization", "")
-            key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-            if key not in settings.api_keys:
-                return error_response(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                                      "unauthorized", {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    app.state.voices = AsyncVoiceStore(store)
 
     @app.exception_handler(EditxError)
     async def _editx_error(_request: Request, exc: EditxError):
         status, error = error_body(exc)
-        retry = isinstance(exc, (QueueFullError, StoreUnavailableError))
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if retry else None
+        retry_s = ENGINE_CLOSED_RETRY_S if isinstance(exc, EngineClosedError) else (
+            exc.retry_after_s if isinstance(exc, (QueueFullError, StoreUnavailableError)) else None)
+        headers = {"Retry-After": str(max(1, round(retry_s)))} if retry_s is not None else None
         return JSONResponse({"error": error}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -185,7 +197,8 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)  # outermost: first to run
 
     from editx.server.routes_admin import router as admin_router
     from editx.server.routes_audio import router as audio_router
@@ -220,13 +233,19 @@ class _NotReady(ModelFilesError):
 async def await_job(request: Request, engine, future):
     """Await an Engine future without blocking the loop; cancel it if the client goes away."""
     wrapped = asyncio.wrap_future(future)
-    while True:
-        done, _ = await asyncio.wait({wrapped}, timeout=0.25)
-        if done:
-            return wrapped.result()
-        if await request.is_disconnected():
-            engine.cancel(future)
-            raise CancelledError("client disconnected")
+    try:
+        while True:
+            done, _ = await asyncio.wait({wrapped}, timeout=0.25)
+            if done:
+                return wrapped.result()
+            if await request.is_disconnected():
+                raise CancelledError("client disconnected")
+    except (CancelledError, asyncio.CancelledError):  # the client left, or the server cancelled us
+        engine.cancel(future)
+        # the job's end (its CancelledError) is nobody's business now; retrieving it keeps
+        # asyncio from logging "exception was never retrieved" for every client that left
+        wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise
 
 
 def timeline_header(timeline: dict) -> str:

@@ -6,14 +6,17 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from editx.server.app import engine_of
+from editx.server.app import engine_of, worker_health
 from editx.server.schemas import VoiceOut
 
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["health"], summary="The process is alive")
-async def healthz():
+@router.get("/healthz", tags=["health"], summary="The process is alive and its model worker is not stuck (503 if it is)")
+async def healthz(request: Request):
+    problem = worker_health(request.app.state.holder.engine)
+    if problem is not None:
+        return JSONResponse({"status": "unhealthy", **problem}, status_code=503)
     return {"status": "ok"}
 
 
@@ -65,29 +68,32 @@ async def cache_clear(request: Request):
 
 @router.post("/v1/voices", tags=["voices"], response_model=VoiceOut, status_code=201,
              summary="Register a reference clip and its transcript; its encoding is cached at once")
-async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str = Form(...),
+async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str | None = Form(None),
                     name: str = Form("voice")):
     from editx.server.routes_audio import decode_upload
 
     engine = engine_of(request)
-    audio = await decode_upload(request, await file.read())
-    store = request.app.state.store
-    voice = await run_in_threadpool(store.add, name, prompt_text, audio)
+    audio = await decode_upload(request, await file.read(), "voice prompt", prompt=True)
+    if prompt_text is None or not prompt_text.strip():  # the ASR writes the transcript (editx[quality])
+        from editx.verify.chain import transcribe
+
+        prompt_text = await run_in_threadpool(transcribe, engine, audio)
+    voice = await request.app.state.voices.add(name, prompt_text, audio)
     await run_in_threadpool(engine.warm_prompt, audio)
     return voice.to_dict()
 
 
 @router.get("/v1/voices", tags=["voices"])
 async def list_voices(request: Request):
-    return {"object": "list", "data": [v.to_dict() for v in request.app.state.store.list()]}
+    return {"object": "list", "data": [v.to_dict() for v in await request.app.state.voices.list()]}
 
 
 @router.get("/v1/voices/{voice_id}", tags=["voices"], response_model=VoiceOut)
 async def get_voice(voice_id: str, request: Request):
-    return request.app.state.store.get(voice_id).to_dict()
+    return (await request.app.state.voices.get(voice_id)).to_dict()
 
 
 @router.delete("/v1/voices/{voice_id}", tags=["voices"])
 async def delete_voice(voice_id: str, request: Request):
-    await run_in_threadpool(request.app.state.store.delete, voice_id)
+    await request.app.state.voices.delete(voice_id)
     return {"id": voice_id, "deleted": True}

@@ -8,14 +8,17 @@ import json
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from editx.config import SamplingConfig
 from editx.errors import ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
-from editx.server.schemas import EditJSONRequest, SpeechRequest
+from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest
+from editx.server.streaming import ChunkFeed, EngineStreamingResponse
+from editx.server.verify_http import load_models_if, policy_for, verification_fields, verification_headers
+from editx.server.voices_async import prompt_limits, voice_prompt
 
 router = APIRouter(tags=["audio"])
 
@@ -42,12 +45,16 @@ def parse_instructions(instructions: str | None, edit_type: str | None, edit_inf
                           "from GET /v1/edits (e.g. 'emotion:happy')")
 
 
-async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio") -> PromptAudio:
+async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio", *,
+                        prompt: bool = False) -> PromptAudio:
+    """Decode an upload within the length limits (a voice prompt's own when `prompt`), checked
+    while decoding (a too-long file is refused from its header), before the engine sees it."""
     from editx.audio.io import load_audio
 
-    settings = request.app.state.settings
+    limits = prompt_limits(request)
+    max_s = limits.max_s if prompt else request.app.state.settings.max_audio_seconds
     # the upload's own file name is never used, not even in messages
-    audio = await run_in_threadpool(load_audio, data, max_seconds=settings.max_audio_seconds, name=what)
+    audio = await run_in_threadpool(load_audio, data, max_seconds=max_s, min_seconds=limits.min_s, name=what)
     return PromptAudio(audio.samples, audio.sample_rate)
 
 
@@ -56,34 +63,36 @@ async def encoded_response(result, fmt: str) -> Response:
 
     body = await run_in_threadpool(encode_audio, result.audio, result.sample_rate, fmt)
     return Response(body, media_type=MEDIA_TYPES[fmt], headers={
-        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend})
+        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend,
+        **verification_headers(result)})
 
 
 @router.post("/v1/audio/speech", summary="Speak text in a registered voice (OpenAI-compatible)")
 async def speech(body: SpeechRequest, request: Request):
     engine = engine_of(request)
-    store = request.app.state.store
-    voice = store.get(body.voice)
-    prompt = await run_in_threadpool(store.audio, body.voice)
+    voice, prompt = await voice_prompt(request, body.voice)
     edit_type, edit_info = parse_instructions(body.instructions, body.editx.edit_type, body.editx.edit_info)
     sampling = SamplingConfig(temperature=body.editx.temperature) if body.editx.temperature is not None else None
     req = CloneRequest(prompt, voice.prompt_text, body.input, seed=body.editx.seed, sampling=sampling,
                        voice_id=voice.id, edit_type=edit_type, edit_info=edit_info,
                        iterations=body.editx.iterations, speed=body.speed)
+    verify = policy_for(engine, body.editx.verify)
+    await load_models_if(engine, verify, needs_transcript=False)
     if body.stream_format is not None:
-        return stream_response(request, engine, req, body.response_format, body.stream_format)
-    result = await await_job(request, engine, engine.submit(req))
+        return stream_response(request, engine, req, body.response_format, body.stream_format, verify)
+    result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, body.response_format)
 
 
-def stream_response(request: Request, engine, req, fmt: str, stream_format: str) -> StreamingResponse:
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
+                    verify=None) -> EngineStreamingResponse:
     """Chunked WAV/PCM as audio is produced, or OpenAI-style SSE events with base64 PCM deltas."""
     from editx.audio.io import wav_header
 
     if stream_format == "audio" and fmt not in ("wav", "pcm"):
         raise ValidationError(f"streaming supports response_format wav or pcm, not {fmt}")
     engine.backend.check(req)
-    chunks = engine.stream(req)
+    chunks = ChunkFeed(engine, req, verify=verify)  # checked after the fact: scores in the done event
     sentinel = object()
 
     async def gen():
@@ -92,7 +101,7 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
                 yield wav_header(engine.backend.sample_rate)
             while True:
                 try:
-                    chunk = await run_in_threadpool(next, chunks, sentinel)
+                    chunk = await anext(chunks, sentinel)
                 except Exception as exc:
                     if stream_format != "sse":
                         raise  # the connection ends without its last chunk: the client sees a cut stream
@@ -111,12 +120,14 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str)
             if stream_format == "sse":
                 tl = chunks.result.timeline
                 summary = {k: tl.get(k) for k in ("audio_s", "total_s", "ttfa_s", "rtf", "lm_tokens")}
+                summary.update(verification_fields(chunks.result))
                 yield f"data: {json.dumps({'type': 'speech.audio.done', 'editx': summary})}\n\n".encode()
         finally:
             chunks.close()  # cancels the job if the client went away
 
     media = "text/event-stream" if stream_format == "sse" else MEDIA_TYPES[fmt]
-    return StreamingResponse(gen(), media_type=media, headers={"X-Editx-Backend": engine.backend.name})
+    return EngineStreamingResponse(gen(), chunks, media_type=media,
+                                   headers={"X-Editx-Backend": engine.backend.name})
 
 
 @router.post("/v1/audio/edits", summary="Edit an uploaded clip (multipart or JSON with base64 audio)")
@@ -140,7 +151,12 @@ async def edits(request: Request):
             raise ValidationError("multipart field 'file' (the audio clip) is required")
         data = await upload.read()
         fields = {k: form.get(k) for k in ("audio_text", "edit_type", "edit_info", "text", "iterations", "seed",
-                                           "response_format")}
+                                           "response_format", "editx")}
+        if isinstance(fields["editx"], str):  # the editx extras travel as a JSON string in a form
+            try:
+                fields["editx"] = json.loads(fields["editx"])
+            except ValueError:
+                raise ValidationError("form field 'editx' must be a JSON object") from None
         try:
             fields = EditJSONRequest.model_validate(
                 {"audio_base64": "x", **{k: v for k, v in fields.items() if v not in (None, "")}}
@@ -152,5 +168,7 @@ async def edits(request: Request):
     audio = await decode_upload(request, data)
     req = EditRequest(audio, fields["audio_text"], fields["edit_type"], fields["edit_info"], text=fields["text"],
                       iterations=fields["iterations"], seed=fields["seed"])
-    result = await await_job(request, engine, engine.submit(req))
+    verify = policy_for(engine, EditExtras.model_validate(fields["editx"]).verify)
+    await load_models_if(engine, verify, needs_transcript=req.audio_text is None)
+    result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, fields["response_format"])

@@ -24,6 +24,14 @@ class ServerSettings:
     url_allowlist: tuple[str, ...] = ()  # prefixes of URLs the server may fetch audio from; empty: none
     data_dir: Path = field(default_factory=default_data_dir)
     model_name: str = "step-audio-editx"
+    shutdown_grace_s: float = 30.0  # after SIGTERM, requests in flight may finish for this long
+
+    def __post_init__(self) -> None:
+        from editx.errors import ValidationError
+
+        if self.shutdown_grace_s < 0 or self.max_request_bytes < 1:
+            raise ValidationError(f"shutdown_grace_s must be >= 0 and max_request_bytes >= 1, got "
+                                  f"{self.shutdown_grace_s} and {self.max_request_bytes}")
 
     @classmethod
     def from_env(cls, **overrides) -> ServerSettings:

@@ -52,6 +52,7 @@ class VoiceStore(Protocol):
     def list(self) -> list[Voice]: ...
     def delete(self, voice_id: str) -> None: ...
     def audio(self, voice_id: str) -> PromptAudio: ...
+    def close(self) -> None: ...
 
 
 def new_voice_id() -> str:
@@ -85,6 +86,8 @@ class SQLiteVoiceStore:
         self.audio_dir.mkdir(parents=True, exist_ok=True)
         self._db_path = self.dir / "voices.sqlite3"
         self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []  # every thread's connection, closed by close()
+        self._conns_lock = threading.Lock()
         with self._conn() as c:
             c.execute("CREATE TABLE IF NOT EXISTS voices (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
                       "prompt_text TEXT NOT NULL, sample_rate INTEGER NOT NULL, duration_s REAL NOT NULL, "
@@ -93,11 +96,21 @@ class SQLiteVoiceStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
+            # one connection per thread; check_same_thread=False only so that close() may close them all
+            conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
         return conn
+
+    def close(self) -> None:
+        """Close every thread's connection (at shutdown); a later call opens a new one."""
+        with self._conns_lock:
+            conns, self._conns, self._local = self._conns, [], threading.local()
+        for conn in conns:
+            conn.close()
 
     def _path(self, voice_id: str) -> Path:
         return self.audio_dir / f"{_check_id(voice_id)}.wav"
