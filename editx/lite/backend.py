@@ -39,8 +39,10 @@ EDGE_LEVEL = 0.01  # |sample| below this counts as silence when trimming piece e
 MIN_PROMPT_S = 0.5
 MIN_SPEECH_S = 0.5  # a prompt needs at least this much voice in it (Silero VAD), else it is refused
 # Timbre search after the blend (editx.lite.timbre): probes and seconds per prompt, once per voice
-# (the encoding is cached). ~0.5 s a probe on 2 free cores, so the whole match stays near 30 s.
-SEARCH_PROBES = 48
+# (the encoding is cached). Off by default: on real people it raised its own objective but not a
+# held-out similarity (docs/PERFORMANCE.md). When on, 48 probes (~0.5 s each on 2 free cores) and
+# 25 s keep the whole match near 30 s.
+SEARCH_PROBES = 0
 SEARCH_BUDGET_S = 25.0
 
 

@@ -11,9 +11,9 @@ MAX_ATTEMPTS = 5  # each attempt is a whole regeneration; more than a few rarely
 DEFAULT_ATTEMPTS = 3
 # Whisper tiny.en on clean TTS English scores WER 0-0.1; a dropped clause or hallucinated words
 # push it past 0.2. Resemblyzer: same voice 0.92-0.98, different voices 0.41-0.73; lite's blended
-# clones of the bundled voice score ~0.8 (docs/PERFORMANCE.md).
+# clones of the bundled voice score 0.89-0.94 (docs/PERFORMANCE.md, R18).
 DEFAULT_MAX_WER = 0.2
-DEFAULT_MIN_SPEAKER_SIM = 0.65
+DEFAULT_MIN_SPEAKER_SIM = 0.75  # above different voices (<= 0.73) and random-weight noise (0.68, R19)
 WER_RANGE = (0.0, 1.0)
 SIM_RANGE = (0.0, 1.0)
 
