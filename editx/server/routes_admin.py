@@ -44,9 +44,11 @@ async def models(request: Request):
                                         **engine.describe()}]}
 
 
-@router.get("/v1/edits", tags=["info"], summary="Allowed edit types and values for the loaded backend")
+@router.get("/v1/edits", tags=["info"], summary="Edit types and values of the loaded backend; under 'instructions', the plain-words phrasings")
 async def edits_list(request: Request):
-    return engine_of(request).edit_options()
+    from editx.pipeline.instructions import phrasebook
+
+    return {**engine_of(request).edit_options(), "instructions": phrasebook()}
 
 
 @router.get("/v1/cache/stats", tags=["cache"])
@@ -66,11 +68,14 @@ async def cache_clear(request: Request):
 @router.post("/v1/voices", tags=["voices"], response_model=VoiceOut, status_code=201,
              summary="Register a reference clip and its transcript; its encoding is cached at once")
 async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str = Form(...),
-                    name: str = Form("voice")):
+                    name: str = Form("voice"), consent: str = Form("")):
     from editx.server.routes_audio import decode_upload
+    from editx.server.routes_openai_voices import consented_sample
 
     engine = engine_of(request)
     audio = await decode_upload(request, await file.read())
+    if consent or request.app.state.settings.require_consent:
+        await consented_sample(request, consent, audio)
     store = request.app.state.store
     voice = await run_in_threadpool(store.add, name, prompt_text, audio)
     await run_in_threadpool(engine.warm_prompt, audio)

@@ -23,6 +23,10 @@ class ServerSettings:
     url_allowlist: tuple[str, ...] = ()  # prefixes of URLs the server may fetch audio from; empty: none
     data_dir: Path = field(default_factory=default_data_dir)
     model_name: str = "step-audio-editx"
+    builtin_voices: bool = True  # alloy, ash, … (editx.server.builtin_voices) in the registry
+    warm_builtin_voices: bool = True  # encode them into the prompt cache before /readyz says ready
+    require_consent: bool = False  # every voice creation (/v1/voices too) needs a matching consent recording
+    consent_threshold: float = 0.80  # GE2E same-speaker threshold (editx.server.consent, measured)
 
     @classmethod
     def from_env(cls, **overrides) -> ServerSettings:
@@ -37,5 +41,11 @@ class ServerSettings:
             env["max_request_bytes"] = int(v)
         if v := os.environ.get("EDITX_MAX_AUDIO_SECONDS"):
             env["max_audio_seconds"] = float(v)
+        if v := os.environ.get("EDITX_REQUIRE_VOICE_CONSENT"):
+            env["require_consent"] = v.lower() in ("1", "true", "yes", "on")
+        if v := os.environ.get("EDITX_BUILTIN_VOICES"):
+            env["builtin_voices"] = v.lower() in ("1", "true", "yes", "on")
+        if v := os.environ.get("EDITX_WARM_BUILTIN_VOICES"):
+            env["warm_builtin_voices"] = v.lower() in ("1", "true", "yes", "on")
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)

@@ -41,6 +41,7 @@ class Voice:
     sample_rate: int
     duration_s: float
     created_at: float
+    builtin: bool = False  # bundled with the server (editx.server.builtin_voices): listed, never deleted
 
     def to_dict(self) -> dict:
         return asdict(self)
