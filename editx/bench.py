@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -159,9 +158,11 @@ def fixture_dir(args) -> Path:
 
     root = args.fixtures_dir
     if root is None:
-        env = os.environ.get("EDITX_CACHE_DIR")
+        from editx.config import env_value
+
+        env = env_value("EDITX_CACHE_DIR")
         if env:
-            root = Path(env) / "fixtures"
+            root = env / "fixtures"
         else:
             import platformdirs
 

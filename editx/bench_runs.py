@@ -56,8 +56,15 @@ def peak_rss_mb() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
 
+def _editx(backend):
+    """The backend when it is the editx one (whose models the LM, GPU and file sections measure), else None."""
+    from editx.pipeline.stepaudio import StepAudioBackend
+
+    return backend if isinstance(backend, StepAudioBackend) else None
+
+
 def _cuda_device(backend) -> torch.device | None:
-    dev = getattr(backend, "device", None)
+    dev = b.device if (b := _editx(backend)) is not None else None
     return dev if isinstance(dev, torch.device) and dev.type == "cuda" else None
 
 
@@ -280,9 +287,9 @@ def sweep(pool: ArmPool, arm: Arm, points: list[tuple[Any, list]], rounds: int =
 # ---- LM throughput ----------------------------------------------------------------------------------
 def lm_section(backend, *, prompt_len: int, new_tokens: int, batch: int) -> dict[str, Any] | None:
     """Our decode loop vs the HF-generate-style loop on the loaded LM, and the bandwidth bound."""
-    lm = getattr(backend, "lm", None)
-    if lm is None:
+    if _editx(backend) is None:
         return None
+    lm = backend.lm
     from editx.lm.throughput import compare
 
     return compare(lm, prompt_len=prompt_len, new_tokens=new_tokens, batch=batch)
@@ -325,9 +332,8 @@ def loaded_weight_bytes(backend) -> int:
             visit(child, depth + 1)
 
     visit(backend, 0)
-    onnx = getattr(backend, "paths", None)
-    if onnx is not None:
-        total += sum(p.stat().st_size for p in Path(onnx.root).rglob("*.onnx"))
+    if _editx(backend) is not None:
+        total += sum(p.stat().st_size for p in Path(backend.paths.root).rglob("*.onnx"))
     return total
 
 

@@ -251,15 +251,40 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from editx.server.run import serve
 
-    return serve(args, _engine_config(args))
+    config = _engine_config(args)
+    if config.resolved_backend == "editx" and config.model_dir is not None:
+        from editx.doctor import check  # refuse to start on a folder that will not load, with doctor's lines
+
+        report = check(config.model_dir)
+        if not report.ok:
+            print("\n".join(report.lines()), file=sys.stderr)
+            return 1
+    return serve(args, config)
+
+
+def _print_report(report) -> int:
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from editx.config import EngineConfig
+    from editx.doctor import check
+
+    root = args.dir or EngineConfig.from_env().model_dir
+    if root is None:
+        raise EditxError("give the model folder (editx doctor DIR) or set EDITX_MODEL_DIR")
+    return _print_report(check(root))
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from editx.hub import download
+    from editx.doctor import check
+    from editx.hub import EDITX_DIRNAME, TOKENIZER_DIRNAME, download
 
-    paths = download(args.dir, source=args.source)
-    print(f"downloaded into {paths.root}")
-    return 0
+    revisions = {EDITX_DIRNAME: args.editx_revision, TOKENIZER_DIRNAME: args.tokenizer_revision}
+    root = download(args.dir, source=args.source, revisions=revisions)
+    print(f"downloaded into {root}; checking it:")
+    return _print_report(check(root))
 
 
 def _cmd_fixtures(args: argparse.Namespace) -> int:
@@ -353,10 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
         bench.add_arguments(b)
         b.set_defaults(func=bench.run)
 
-    d = sub.add_parser("download", help="download the official weights (needs network)")
+    d = sub.add_parser("download", help="download the official weights at pinned revisions, then check them")
     d.add_argument("dir", type=Path)
     d.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface")
+    d.add_argument("--editx-revision", default=None, help="Step-Audio-EditX commit (default: the pinned one)")
+    d.add_argument("--tokenizer-revision", default=None, help="Step-Audio-Tokenizer commit (default: pinned)")
     d.set_defaults(func=_cmd_download)
+
+    dr = sub.add_parser("doctor", help="check a model folder from its headers (seconds); exit 1 if it will not load")
+    dr.add_argument("dir", type=Path, nargs="?", default=None, help="default: EDITX_MODEL_DIR")
+    dr.set_defaults(func=_cmd_doctor)
 
     fx = sub.add_parser("fixtures", help="write random-weight checkpoints in the official layouts")
     fx_sub = fx.add_subparsers(dest="fixtures_command", required=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from editx.errors import ValidationError
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved, so the env table stays light
+    import torch
 
 # Upstream Step-Audio-EditX generation defaults (tts.py: do_sample=True, temperature=0.7, max_length=8192).
 DEFAULT_TEMPERATURE = 0.7
@@ -91,9 +94,16 @@ class EngineConfig:
     cache_disk_bytes: int = 4 * 2**30
     cache_enabled: bool = True
     redis_url: str | None = None
-    max_audio_seconds: float = 600.0
-    queue_size: int = 64
+    max_audio_seconds: float = 600.0  # the longest clip an edit takes (it is edited in parts)
+    min_prompt_s: float = 0.5  # shorter prompt / edit inputs are refused: too little speech to encode
+    max_prompt_s: float = 60.0  # longer clone prompts are refused (and editx refuses any too long for the LM)
+    queue_size: int = 64  # requests waiting for the worker; more get QueueFullError (429 + Retry-After)
     max_batch: int = 8
+    max_streams: int = 32  # streaming requests open at once; more get StreamLimitError (429)
+    stream_buffer_s: float = 30.0  # unread audio (s) that pauses a stream between rounds; 4x cancels it
+    stream_stall_s: float = 120.0  # a paused stream whose reader reads nothing this long is cancelled
+    stuck_after_s: float = 120.0  # health(): the worker is stuck after this long without progress
+    close_grace_s: float = 30.0  # close(): how long admitted requests may still finish
     warmup: bool = True
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
@@ -117,8 +127,17 @@ class EngineConfig:
             raise ValidationError(f"lm_loop must be one of {', '.join(LM_LOOPS)}, got {self.lm_loop!r}")
         if self.flow_steps < 1:
             raise ValidationError(f"flow_steps must be >= 1, got {self.flow_steps}")
-        if self.max_batch < 1 or self.queue_size < 1:
-            raise ValidationError("max_batch and queue_size must be >= 1")
+        if self.max_batch < 1 or self.queue_size < 1 or self.max_streams < 1:
+            raise ValidationError("max_batch, queue_size and max_streams must be >= 1")
+        if not (0 <= self.min_prompt_s < self.max_prompt_s):
+            raise ValidationError(f"min_prompt_s must be >= 0 and below max_prompt_s, got {self.min_prompt_s} "
+                                  f"and {self.max_prompt_s}")
+        for name, value in (("stream_buffer_s", self.stream_buffer_s), ("stream_stall_s", self.stream_stall_s),
+                            ("stuck_after_s", self.stuck_after_s)):
+            if not value > 0:
+                raise ValidationError(f"{name} must be > 0 (seconds), got {value}")
+        if self.close_grace_s < 0:
+            raise ValidationError(f"close_grace_s must be >= 0, got {self.close_grace_s}")
         rows = tuple(self.stream_chunk_rows)
         if not rows or any(not isinstance(r, int) or r < 6 or r % 3 for r in rows):
             raise ValidationError(f"stream_chunk_rows must be multiples of 3 flow rows, each >= 6, got {rows}")
@@ -137,15 +156,7 @@ class EngineConfig:
     @classmethod
     def from_env(cls, **overrides) -> EngineConfig:
         """Defaults, then EDITX_* environment variables (ENV_FIELDS), then explicit (non-None) overrides."""
-        env: dict = {}
-        for name, (field_name, parse) in ENV_FIELDS.items():
-            value = os.environ.get(name)
-            if value is None or value == "":
-                continue
-            try:
-                env[field_name] = parse(value)
-            except ValueError:
-                raise ValidationError(f"environment variable {name}={value!r} is not valid for {field_name}") from None
+        env = env_overrides("engine")
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
 
@@ -173,23 +184,98 @@ def parse_int_list(value: str) -> tuple[int, ...]:
     return tuple(int(x) for x in value.split(",") if x.strip())
 
 
-# environment variable -> (EngineConfig field, parser)
-ENV_FIELDS = {
-    "EDITX_MODEL_DIR": ("model_dir", Path), "EDITX_BACKEND": ("backend", str), "EDITX_DEVICE": ("device", str),
-    "EDITX_DTYPE": ("dtype", str), "EDITX_QUANTIZE": ("quantize", str), "EDITX_CACHE_DIR": ("cache_dir", Path),
-    "EDITX_REDIS_URL": ("redis_url", str), "EDITX_THREADS": ("threads", int),
-    "EDITX_ONNX_THREADS": ("onnx_threads", int), "EDITX_FLOW_STEPS": ("flow_steps", int),
-    "EDITX_MAX_BATCH": ("max_batch", int), "EDITX_QUEUE_SIZE": ("queue_size", int),
-    "EDITX_CACHE_MEMORY_BYTES": ("cache_memory_bytes", int), "EDITX_CACHE_DISK_BYTES": ("cache_disk_bytes", int),
-    "EDITX_WARMUP": ("warmup", _env_bool), "EDITX_STREAM_CHUNK_ROWS": ("stream_chunk_rows", parse_int_list),
-    "EDITX_STREAM_NOISE": ("stream_noise", str), "EDITX_STREAM_PRIME": ("stream_prime", _env_bool),
-    "EDITX_OFFLINE_PRIME": ("offline_prime", _env_bool),
-    "EDITX_SEGMENT_MAX_CHARS": ("segment_max_chars", int), "EDITX_SEGMENT_PAUSE_S": ("segment_pause_s", float),
-    "EDITX_EDIT_WINDOW_S": ("edit_window_s", float), "EDITX_MAX_AUDIO_SECONDS": ("max_audio_seconds", float),
+def parse_str_list(value: str) -> tuple[str, ...]:
+    """'a, b,,c' → ('a', 'b', 'c')."""
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def _str_set(value: str) -> frozenset[str]:
+    return frozenset(parse_str_list(value))
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One EDITX_* variable: how to parse it and which settings it fills (EngineConfig field,
+    ServerSettings field); `other` names readers outside those two (paths, the voice registry)."""
+
+    parse: Callable[[str], Any]
+    engine: str | None = None
+    server: str | None = None
+    other: str | None = None
+
+
+# The one table of EDITX_* environment variables; nothing else in editx reads os.environ for them.
+ENV_TABLE: dict[str, EnvVar] = {
+    "EDITX_MODEL_DIR": EnvVar(Path, engine="model_dir"), "EDITX_BACKEND": EnvVar(str, engine="backend"),
+    "EDITX_DEVICE": EnvVar(str, engine="device"), "EDITX_DTYPE": EnvVar(str, engine="dtype"),
+    "EDITX_QUANTIZE": EnvVar(str, engine="quantize"),
+    "EDITX_CACHE_DIR": EnvVar(Path, engine="cache_dir", other="prompt cache and bench fixture root"),
+    "EDITX_REDIS_URL": EnvVar(str, engine="redis_url", other="voice registry unless EDITX_VOICES_URL"),
+    "EDITX_THREADS": EnvVar(int, engine="threads"), "EDITX_ONNX_THREADS": EnvVar(int, engine="onnx_threads"),
+    "EDITX_FLOW_STEPS": EnvVar(int, engine="flow_steps"), "EDITX_MAX_BATCH": EnvVar(int, engine="max_batch"),
+    "EDITX_QUEUE_SIZE": EnvVar(int, engine="queue_size"),
+    "EDITX_CACHE_MEMORY_BYTES": EnvVar(int, engine="cache_memory_bytes"),
+    "EDITX_CACHE_DISK_BYTES": EnvVar(int, engine="cache_disk_bytes"),
+    "EDITX_WARMUP": EnvVar(_env_bool, engine="warmup"),
+    "EDITX_STREAM_CHUNK_ROWS": EnvVar(parse_int_list, engine="stream_chunk_rows"),
+    "EDITX_STREAM_NOISE": EnvVar(str, engine="stream_noise"),
+    "EDITX_STREAM_PRIME": EnvVar(_env_bool, engine="stream_prime"),
+    "EDITX_OFFLINE_PRIME": EnvVar(_env_bool, engine="offline_prime"),
+    "EDITX_SEGMENT_MAX_CHARS": EnvVar(int, engine="segment_max_chars"),
+    "EDITX_SEGMENT_PAUSE_S": EnvVar(float, engine="segment_pause_s"),
+    "EDITX_EDIT_WINDOW_S": EnvVar(float, engine="edit_window_s"),
+    "EDITX_MAX_AUDIO_SECONDS": EnvVar(float, engine="max_audio_seconds", server="max_audio_seconds"),
+    "EDITX_MIN_PROMPT_S": EnvVar(float, engine="min_prompt_s"),
+    "EDITX_MAX_PROMPT_S": EnvVar(float, engine="max_prompt_s"),
+    "EDITX_MAX_STREAMS": EnvVar(int, engine="max_streams"),
+    "EDITX_STREAM_BUFFER_S": EnvVar(float, engine="stream_buffer_s"),
+    "EDITX_STREAM_STALL_S": EnvVar(float, engine="stream_stall_s"),
+    "EDITX_STUCK_AFTER_S": EnvVar(float, engine="stuck_after_s"),
+    "EDITX_CLOSE_GRACE_S": EnvVar(float, engine="close_grace_s"),
+    # server (ServerSettings.from_env)
+    "EDITX_DATA_DIR": EnvVar(Path, server="data_dir", other="lite's assembled model files"),
+    "EDITX_API_KEYS": EnvVar(_str_set, server="api_keys"),
+    "EDITX_CORS_ORIGINS": EnvVar(parse_str_list, server="cors_origins"),
+    "EDITX_URL_ALLOWLIST": EnvVar(parse_str_list, server="url_allowlist"),
+    "EDITX_MAX_REQUEST_BYTES": EnvVar(int, server="max_request_bytes"),
+    "EDITX_BUILTIN_VOICES": EnvVar(_env_bool, server="builtin_voices"),
+    "EDITX_WARM_BUILTIN_VOICES": EnvVar(_env_bool, server="warm_builtin_voices"),
+    "EDITX_REQUIRE_VOICE_CONSENT": EnvVar(_env_bool, server="require_consent"),
+    "EDITX_CONSENT_THRESHOLD": EnvVar(float, server="consent_threshold"),
+    "EDITX_VOICES_URL": EnvVar(str, other="a separate Redis for the voice registry"),
 }
+
+# environment variable -> (EngineConfig field, parser): the engine's part of ENV_TABLE
+ENV_FIELDS = {name: (var.engine, var.parse) for name, var in ENV_TABLE.items() if var.engine}
+
+
+def env_value(name: str) -> Any:
+    """The parsed value of one variable of ENV_TABLE, or None when unset or empty."""
+    var = ENV_TABLE[name]  # KeyError: every variable must be listed in the table
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return var.parse(value)
+    except ValueError:
+        target = var.engine or var.server or var.other
+        raise ValidationError(f"environment variable {name}={value!r} is not valid for {target}") from None
+
+
+def env_overrides(section: str) -> dict[str, Any]:
+    """{field: parsed value} of every set variable that fills a field of `section` ("engine" or "server")."""
+    out: dict[str, Any] = {}
+    for name, var in ENV_TABLE.items():
+        target = {"engine": var.engine, "server": var.server}[section]
+        if target is not None and (value := env_value(name)) is not None:
+            out[target] = value
+    return out
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """The one place that turns a device name into a torch.device."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -200,6 +286,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """auto → bfloat16 on CUDA, float32 on CPU."""
+    import torch
+
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -24,15 +24,28 @@ class BackendUnsupportedError(EditxError):
 
 
 class QueueFullError(EditxError):
-    """The engine's request queue is full; retry later."""
+    """The engine's request queue is full; retry after `retry_after_s` (HTTP 429 + Retry-After)."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
 
+class StreamLimitError(QueueFullError):
+    """Too many streaming requests are open at once (EngineConfig.max_streams); retry later (429)."""
+
+
+class EngineClosedError(EditxError):
+    """The engine is closed (or closing, or its worker stopped): it takes no new work (HTTP 503)."""
+
+
 class CancelledError(EditxError):
     """The request was cancelled by its caller before it finished."""
+
+
+class StreamBackpressureError(CancelledError):
+    """A stream's consumer fell too far behind (or stopped reading); the request was cancelled so
+    the engine never buffers without bound nor waits for one slow reader."""
 
 
 def name_some(items: list[str], limit: int = 8) -> str:

@@ -132,6 +132,49 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+# Float results computed two ways (chunked vs whole, batched vs single, ours vs a golden made on another
+# CPU) differ by rounding: how much follows from the dtype's machine epsilon and the result's magnitude,
+# never from the machine a test was first run on (AVX2, AVX-512 and AMX kernels order sums differently).
+# ULPS is the error budget in units of eps at that magnitude: a reordered fp32 reduction over a few
+# thousand terms, through a few layers, stays well inside it (Zen 4 vs Intel saw ~9 on LM logits).
+ULPS = 256
+
+
+def close_tolerance(expected, dtype=None, ulps: float = ULPS, scale: float | None = None) -> float:
+    """Absolute tolerance `ulps` x eps(dtype) x the magnitude: `scale` when given (the size of the
+    values the rounding happened at, e.g. a vocoder's mel input rather than its small output),
+    else the largest |value| of `expected`."""
+    import numpy as np
+    import torch
+
+    if isinstance(expected, torch.Tensor):
+        dtype = dtype or expected.dtype
+        top = float(expected.detach().abs().max()) if expected.numel() else 0.0
+        eps = torch.finfo(dtype).eps
+    else:
+        expected = np.asarray(expected)
+        dtype = dtype or (expected.dtype if np.issubdtype(expected.dtype, np.floating) else np.float32)
+        top = float(np.abs(expected).max()) if expected.size else 0.0
+        eps = float(np.finfo(dtype).eps)
+    return ulps * eps * max(top if scale is None else scale, 1e-30)
+
+
+def assert_close_rel(actual, expected, *, dtype=None, ulps: float = ULPS, scale: float | None = None,
+                     what: str = "") -> None:
+    """`actual` equals `expected` within `close_tolerance` (shapes must match); works for numpy and torch.
+    `dtype`: the precision the values were computed in, when it differs from `expected`'s."""
+    import numpy as np
+    import torch
+
+    tol = close_tolerance(expected, dtype, ulps, scale)
+    a = actual.detach().double().cpu().numpy() if isinstance(actual, torch.Tensor) else np.asarray(actual, np.float64)
+    e = (expected.detach().double().cpu().numpy() if isinstance(expected, torch.Tensor)
+         else np.asarray(expected, np.float64))
+    assert a.shape == e.shape, f"{what} shape {a.shape} != {e.shape}"
+    err = float(np.abs(a - e).max()) if a.size else 0.0
+    assert err <= tol, f"{what} differs by {err:.3g} > {tol:.3g} ({ulps} ulps of the dtype at the values' magnitude)"
+
+
 @pytest.fixture(scope="session")
 def lite_engine(tmp_path_factory):
     """The lite backend (Kokoro) behind an Engine with a prompt cache, loaded once per session."""

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import assert_close_rel
 
 from editx.audio import io as aio
 from editx.audio.io import Audio, encode_audio, load_audio, wav_header
@@ -61,7 +62,7 @@ def test_wav_from_path_bytes_and_file_object(tmp_path):
 def test_stereo_is_averaged_to_mono():
     left, right = tone(hz=300), tone(hz=500, amp=0.25)
     a = load_audio(wav_bytes(np.stack([left, right], axis=1), SR, "FLOAT"))
-    np.testing.assert_allclose(a.samples, (left + right) / 2, atol=1e-7)
+    assert_close_rel(a.samples, (left + right) / 2)
 
 
 def test_ffmpeg_fallback_decodes_m4a_and_averages_channels():

@@ -84,16 +84,18 @@ def test_fingerprint_files(tmp_path):
 
     full = fingerprint_files([d], full=True)
     assert full != fp
-    # A same-size edit in the middle with the mtime put back: the fast mode's documented blind spot.
-    st = big.stat()
+    # A same-size edit in the middle: the fast mode's documented blind spot.
     with open(big, "r+b") as f:
         f.seek(3 * 2**20 // 2)
         f.write(b"\xff\xff")
-    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert fingerprint_files([d]) == fp
     assert fingerprint_files([d], full=True) != full
-    # A touched mtime or a changed head is seen by the fast mode.
+    # A touched mtime alone changes nothing; a changed head, tail, size or config is seen.
+    st = big.stat()
     os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert fingerprint_files([d]) == fp
+    with open(big, "r+b") as f:
+        f.write(b"\xfe\xfd")
     fp2 = fingerprint_files([d])
     assert fp2 != fp
     (d / "sub" / "config.json").write_text('{"a": 2}')
@@ -102,13 +104,18 @@ def test_fingerprint_files(tmp_path):
         fingerprint_files([d / "missing.bin"])
 
 
-def test_full_fingerprint_ignores_location_and_mtime(tmp_path):
+def test_fingerprints_ignore_location_and_mtime(tmp_path):
+    """Two hosts that downloaded the same weights separately (other folder, other mtimes) share
+    cache entries: neither mode hashes mtimes; a different file content still differs."""
     for name, mtime in (("a", 10**18), ("b", 2 * 10**18)):
         (tmp_path / name).mkdir()
         f = tmp_path / name / "w.bin"
-        f.write_bytes(b"weights" * 1000)
+        f.write_bytes(b"weights" * 400_000)  # 2.8 MB: the fast mode reads its head and tail only
+        (tmp_path / name / "config.json").write_text('{"layers": 2}')
         os.utime(f, ns=(mtime, mtime))
-    assert fingerprint_files([tmp_path / "a"], full=True) == fingerprint_files([tmp_path / "b"], full=True)
+    for full in (False, True):
+        assert fingerprint_files([tmp_path / "a"], full=full) == fingerprint_files([tmp_path / "b"], full=full)
+    (tmp_path / "b" / "config.json").write_text('{"layers": 3}')
     assert fingerprint_files([tmp_path / "a"]) != fingerprint_files([tmp_path / "b"])
 
 
@@ -447,3 +454,66 @@ def test_two_processes_writing_one_key_leave_one_valid_file(tmp_path):
     assert seed in (1, 2)
     g = torch.Generator().manual_seed(seed)
     assert torch.equal(entry.tensors["x"], torch.randn(256, 256, generator=g))
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import builtins, sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    import editx.cache.disk as disk
+    from editx.cache import CacheEntry, TieredCache
+    root, key = sys.argv[1:]
+
+    class Torn:  # writes half the entry, says so, then hangs until it is killed
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.f.close()
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            Path(root, "half-written").touch()
+            time.sleep(600)
+        def flush(self):
+            self.f.flush()
+        def fileno(self):
+            return self.f.fileno()
+
+    disk.open = lambda path, mode="r", *a, **k: (Torn(builtins.open(path, mode, *a, **k)) if "w" in mode
+                                                 else builtins.open(path, mode, *a, **k))
+    entry = CacheEntry({"x": torch.ones(256, 256)}, {"writer": "killed"})
+    TieredCache(0, Path(root), 1 << 30).get_or_compute(key, lambda: entry)
+    """
+)
+
+
+def test_kill_9_during_a_disk_write_serves_no_corrupt_entry_and_recomputes(tmp_path):
+    """A process killed (SIGKILL) halfway through writing an entry leaves a torn temp file and its
+    lock behind: neither is ever served; the next process sees the dead lock holder at once,
+    computes the entry again and stores a valid file."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(root), KEY],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_until(lambda: (root / "half-written").exists() or writer.poll() is not None, "the torn write",
+                   limit_s=120)
+        assert writer.poll() is None, "the writer ended before it was killed"
+        writer.kill()  # SIGKILL: no cleanup runs
+        writer.wait(60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    leftovers = {p.suffix for p in root.iterdir() if p.name != "half-written"}
+    assert leftovers == {".tmp", ".lock"} and not (root / f"{KEY}.safetensors").exists()
+    cache = TieredCache(0, root, 1 << 30)
+    assert cache.get(KEY) == (None, "miss")
+    entry, outcome = cache.get_or_compute(KEY, lambda: make_entry(7))
+    assert outcome == "miss" and cache.stats()["computes"] == 1 and cache.stats()["lock_waits"] == 0
+    again, tier = TieredCache(0, root, 1 << 30).get(KEY)
+    assert tier == "disk" and again.meta["seed"] == 7
+    assert all(torch.equal(again.tensors[k], make_entry(7).tensors[k]) for k in again.tensors)

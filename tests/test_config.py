@@ -55,3 +55,43 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     with pytest.raises(ValidationError, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_every_editx_variable_is_read_through_the_one_table():
+    """No module but config.py reads the environment for EDITX_* variables, and every EDITX_* name
+    that appears in the package's code is listed in ENV_TABLE (so docs and parsing have one source)."""
+    import re
+    from pathlib import Path
+
+    import editx
+    from editx.config import ENV_TABLE
+
+    root = Path(editx.__file__).parent
+    reads = re.compile(r"(os\.environ|getenv)[^\n]*EDITX_")
+    names: set[str] = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        if path.name != "config.py":
+            assert not reads.search(text), f"{path.relative_to(root)} reads an EDITX_* variable itself"
+        names |= set(re.findall(r"[\"'`$](EDITX_[A-Z0-9_]*[A-Z0-9])\b", text))  # in strings, not identifiers
+    assert names - set(ENV_TABLE) == set(), "EDITX_* variables missing from editx.config.ENV_TABLE"
+
+
+def test_server_settings_and_paths_come_from_the_table(monkeypatch, tmp_path):
+    from editx.cache import default_cache_dir
+    from editx.server.settings import ServerSettings
+
+    monkeypatch.setenv("EDITX_API_KEYS", " k1, ,k2")
+    monkeypatch.setenv("EDITX_CORS_ORIGINS", "http://a,http://b")
+    monkeypatch.setenv("EDITX_MAX_REQUEST_BYTES", "1024")
+    monkeypatch.setenv("EDITX_MAX_AUDIO_SECONDS", "12.5")
+    monkeypatch.setenv("EDITX_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EDITX_CACHE_DIR", str(tmp_path / "cache"))
+    s = ServerSettings.from_env(max_text_chars=10)
+    assert s.api_keys == frozenset({"k1", "k2"}) and s.cors_origins == ("http://a", "http://b")
+    assert s.max_request_bytes == 1024 and s.max_audio_seconds == 12.5 and s.max_text_chars == 10
+    assert s.data_dir == tmp_path / "data" and EngineConfig.from_env().max_audio_seconds == 12.5
+    assert default_cache_dir() == tmp_path / "cache" / "prompts"
+    monkeypatch.setenv("EDITX_MAX_REQUEST_BYTES", "lots")
+    with pytest.raises(ValidationError, match="EDITX_MAX_REQUEST_BYTES"):
+        ServerSettings.from_env()

@@ -3,7 +3,6 @@
 import math
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -75,7 +74,7 @@ def test_concurrent_requests_batch_and_equal_serial(make_engine):
             for i in range(3)]
     serial = [eng.run(r).audio for r in reqs]
     gate = threading.Event()
-    eng._queue.put(("call", gate.wait, Future()))  # hold the worker so the three queue up together
+    eng._q.call(gate.wait)  # hold the worker so the three queue up together
     futures = [eng.submit(r) for r in reqs]  # queued together: decoded as one LM batch
     seen = []
     futures[0].add_done_callback(lambda _f: seen.append((futures[1].done(), futures[2].job.output is None)))
@@ -110,7 +109,7 @@ def test_queue_full_and_cancel(make_engine):
     eng = make_engine(queue_size=1)
     gate = threading.Event()
     # occupy the worker with a call that waits on the gate, and wait until it has taken it
-    eng._queue.put(("call", gate.wait, Future()))
+    eng._q.call(gate.wait)
     deadline = time.monotonic() + 30
     while eng.queue_depth and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -126,3 +125,45 @@ def test_queue_full_and_cancel(make_engine):
     assert eng.alive
     eng.close()
     assert not eng.alive  # a closed engine reports itself dead to health checks
+
+
+@pytest.mark.parametrize("where", ["add", "step"])
+def test_a_request_failing_in_the_lm_fails_alone_and_leaks_no_slot(make_engine, monkeypatch, where):
+    """Issue 15, point 2: a failure in session.add or session.step failed the whole batch and kept
+    the decode slots already taken; two such rounds and every request got QueueFullError. Now the
+    bad request fails alone (a failed batched step is retried one job at a time), its batch mates
+    give exactly their serial result, and every slot comes back."""
+    from editx.lm.generate import DecodeSession
+
+    eng = make_engine(cache=False)
+    goods = [CloneRequest(speechlike(seed=20 + i), "prompt text", f"sentence {i}", seed=200 + i) for i in range(2)]
+    serial = [eng.run(r).audio for r in goods]
+    poisoned: set = set()  # generators of the requests the LM refuses
+    real_add, real_step = DecodeSession.add, DecodeSession.step
+
+    def add(self, prompt, *, generator=None, **kw):
+        if where == "add" and generator in poisoned:
+            raise RuntimeError("the LM refused this prompt")
+        return real_add(self, prompt, generator=generator, **kw)
+
+    def step(self):
+        if where == "step" and any(r.generator in poisoned for r in self._requests.values()):
+            raise RuntimeError("the LM step failed")
+        return real_step(self)
+
+    monkeypatch.setattr(DecodeSession, "add", add)
+    monkeypatch.setattr(DecodeSession, "step", step)
+    for _ in range(3):  # more rounds than there are spare slots: a leak would show
+        gate = threading.Event()
+        eng._q.call(gate.wait)  # hold the worker so the three go in one round
+        futures = [eng.submit(goods[0])]
+        bad = eng.submit(CloneRequest(speechlike(seed=9), "prompt text", "the bad one", seed=9))
+        poisoned.add(bad.job.generator)
+        futures.append(eng.submit(goods[1]))
+        gate.set()
+        with pytest.raises(RuntimeError, match="LM"):
+            bad.result(timeout=120)
+        for fut, want in zip(futures, serial):
+            assert np.array_equal(fut.result(timeout=120).audio, want)
+        assert eng.backend._session().free_slots == eng.config.max_batch
+    assert eng.health()["in_flight"] == 0 and eng.alive

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
+from conftest import assert_close_rel
 
 from editx.errors import AudioError, BackendUnsupportedError, ModelFilesError, ValidationError
 from editx.lite import edits, kokoro, voice
@@ -132,7 +133,7 @@ def test_voice_encoding_round_trip_and_validation():
     voices = _fake_voices()
     enc = voice.blend(voices, np.array([2.0, 1.0, 1.0]))
     np.testing.assert_allclose(enc.weights, [0.5, 0.25, 0.25])
-    np.testing.assert_allclose(enc.table, 0.5 * voices["v0"] + 0.25 * (voices["v1"] + voices["v2"]), atol=1e-5)
+    assert_close_rel(enc.table, 0.5 * voices["v0"] + 0.25 * (voices["v1"] + voices["v2"]))
     tensors, meta = enc.to_tensors()
     assert all(isinstance(t, torch.Tensor) for t in tensors.values())
     back = voice.VoiceEncoding.from_tensors(tensors, meta)
@@ -177,11 +178,11 @@ def test_ge2e_matches_resemblyzer_golden():
     x, sr, _ = _reference()
     w16 = soxr.resample(x, sr, speaker.SAMPLE_RATE).astype(np.float32)
     mel = speaker.power_mel(w16, speaker.mel_filterbank())
-    np.testing.assert_allclose(mel[:60], gold["mel_head"], rtol=1e-4, atol=1e-6)
+    assert_close_rel(mel[:60], gold["mel_head"])
     starts = [s.start * speaker.HOP for s in speaker.partial_slices(len(w16))]  # in samples
     assert starts == gold["slice_starts"].tolist()
     emb = speaker.SpeakerEncoder.load().embed_preprocessed(w16)
-    np.testing.assert_allclose(emb, gold["embedding"], atol=1e-4)
+    assert_close_rel(emb, gold["embedding"])
 
 
 # --- the real backend ---------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def oracle():
 
 def test_model_assembly_is_checked_and_repaired(backend, tmp_path, monkeypatch):
     assert backend.model_path.stat().st_size == kokoro.MODEL_BYTES
-    monkeypatch.setenv(kokoro.DATA_ENV, str(tmp_path))
+    monkeypatch.setenv("EDITX_DATA_DIR", str(tmp_path))
     root = kokoro.data_dir()
     assert root == tmp_path / "lite"
     root.mkdir()

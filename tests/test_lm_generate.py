@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_close_rel
 
 from editx.config import SamplingConfig
 from editx.errors import QueueFullError, ValidationError
@@ -60,7 +61,7 @@ def test_batched_logits_match_single(model):
     cache = KVCache.for_model(model, len(PROMPTS), 256)
     batched = prefill(model, cache, list(range(len(PROMPTS))), PROMPTS, [0] * len(PROMPTS))
     for row, p in zip(batched, PROMPTS):
-        torch.testing.assert_close(row, sequence_logits(model, p)[-1], atol=1e-5, rtol=0)
+        assert_close_rel(row, sequence_logits(model, p)[-1])
 
 
 def test_rows_out_of_order_gather_path(model):
@@ -68,13 +69,13 @@ def test_rows_out_of_order_gather_path(model):
     cache = KVCache.for_model(model, 3, 256)
     logits = prefill(model, cache, [2, 0], PROMPTS[:2], [0, 0])
     for row, p in zip(logits, PROMPTS[:2]):
-        torch.testing.assert_close(row, sequence_logits(model, p)[-1], atol=1e-5, rtol=0)
+        assert_close_rel(row, sequence_logits(model, p)[-1])
 
 
 def test_chunked_prefill_equals_whole(model):
     p = PROMPTS[3]
     whole = sequence_logits(model, p, chunk_size=len(p))
-    torch.testing.assert_close(sequence_logits(model, p, chunk_size=7), whole, atol=1e-5, rtol=0)
+    assert_close_rel(sequence_logits(model, p, chunk_size=7), whole)
 
 
 def test_prefix_restore_equals_fresh_prefill(model):
@@ -91,7 +92,7 @@ def test_prefix_restore_equals_fresh_prefill(model):
     assert session._requests[0].start == 60  # only the tail is prefilled
     cache = session.cache
     logits = prefill(model, cache, [0], [tails[0][60:]], [60])
-    torch.testing.assert_close(logits[0], sequence_logits(model, tails[0])[-1], atol=1e-5, rtol=0)
+    assert_close_rel(logits[0], sequence_logits(model, tails[0])[-1])
 
 
 def test_prefix_covering_whole_prompt_and_round_trip(model):
@@ -115,8 +116,8 @@ def test_session_snapshot_equals_prefill_prefix(model):
     session.step()
     snap = session.snapshot(slot, 30)
     ref = prefill_prefix(model, p[:30])
-    torch.testing.assert_close(snap.k, ref.k, atol=1e-6, rtol=0)
-    torch.testing.assert_close(snap.v, ref.v, atol=1e-6, rtol=0)
+    assert_close_rel(snap.k, ref.k)
+    assert_close_rel(snap.v, ref.v)
 
 
 def test_same_seed_reproduces_and_different_seeds_differ(model):

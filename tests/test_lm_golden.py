@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GOLDEN
+from conftest import GOLDEN, assert_close_rel
 from safetensors.torch import load_file
 
 from editx.config import SamplingConfig
 from editx.fixtures import lm as lm_fixture
 from editx.lm.generate import generate, sequence_logits
 from editx.lm.loader import load_step1
-
-ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +36,10 @@ def test_logits_match_reference(model, golden, name):
     logits = sequence_logits(model, prompt)  # (T, V); prompt b spans two prefill chunks
     ref = golden[f"logits_{name}"]
     ours = logits[-ref.shape[0]:, golden["vocab_idx"]]
-    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+    assert_close_rel(ours, ref)
     assert torch.equal(logits.argmax(-1), golden[f"argmax_{name}"])
     top = torch.topk(logits[-1], 64)
-    torch.testing.assert_close(top.values, golden[f"last_logits_top_{name}"], atol=ATOL, rtol=0)
+    assert_close_rel(top.values, golden[f"last_logits_top_{name}"])
     assert torch.equal(top.indices, golden[f"last_logits_topidx_{name}"])
 
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from editx.lm.loader import apply_quantization, load_step1
 from editx.lm.model import Step1Config, Step1ForCausalLM, checkpoint_keys
 
 CFG = Step1Config.from_name("tiny")
+RELEASE = Path(__file__).parent / "data" / "release"
 PROMPT = [1, 4, 100, 200, 300, 3, 4] + [65536 + i for i in range(0, 200, 13)]
 
 
@@ -54,7 +56,9 @@ def test_fixture_writes_official_layout(tmp_path):
     d = tmp_path / "Step-Audio-EditX"
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["model_type"] == "step1" and cfg["architectures"] == ["Step1ForCausalLM"]
-    assert cfg["vocab_size"] == 74752 and cfg["tie_word_embeddings"] is False
+    assert cfg["vocab_size"] == 74752 and "tie_word_embeddings" not in cfg  # as released
+    released = json.loads((RELEASE / "step-audio-editx.config.json").read_text())
+    assert list(cfg) == list(released)  # the release's keys, in its order, at tiny sizes
     assert cfg["eos_token_id"] == 3 and cfg["bos_token_id"] == 1 and cfg["pad_token_id"] == 0
     index = json.loads((d / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(checkpoint_keys(CFG))
@@ -110,6 +114,11 @@ def test_shape_mismatch_and_truncated_file(tmp_path, state):
     (lambda c: c.update(model_type="llama", architectures=["LlamaForCausalLM"]), "not a Step1 config"),
     (lambda c: c.pop("num_attention_groups"), "num_attention_groups"),
     (lambda c: c.update(num_attention_groups=3), "divisible"),
+    (lambda c: c.pop("rms_norm_eps"), "rms_norm_eps"),
+    (lambda c: c.pop("max_seq_len"), "max_seq_len"),
+    (lambda c: c.update(tie_word_embeddings="no"), "tie_word_embeddings"),
+    (lambda c: c.update(hidden_size=64.5), "hidden_size"),
+    (lambda c: c.update(hidden_size=128), "config.json implies"),  # config disagrees with the weights
 ])
 def test_bad_config(tmp_path, state, mutate, needle):
     d = _write(tmp_path, state)
@@ -127,11 +136,41 @@ def test_missing_or_broken_config_and_weights(tmp_path, state):
     assert "model.safetensors" in _error(tmp_path)
 
 
-def test_tied_embeddings_follow_hf_semantics(tmp_path, state):
+def test_released_config_parses_untied():
+    cfg = Step1Config.from_hf_config(json.loads((RELEASE / "step-audio-editx.config.json").read_text()))
+    assert cfg == Step1Config.from_name("step-audio-editx")
+    assert cfg.tie_word_embeddings is False and len(checkpoint_keys(cfg)) == 291
+
+
+def test_missing_tie_key_uses_the_checkpoints_head(tmp_path, state):
+    # The release's config.json has no tie key: the head must be the checkpoint's lm_head.weight.
+    d = _write(tmp_path, state)
+    assert "tie_word_embeddings" not in json.loads((d / "config.json").read_text())
+    model = load_step1(d)
+    head = state["lm_head.weight"].to(torch.bfloat16).float()
+    torch.testing.assert_close(model.lm_head.weight, head, atol=0, rtol=0)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
+def test_explicit_tie_follows_the_config(tmp_path, state):
     cfg = CFG.with_(tie_word_embeddings=True)
     tied_state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     model = load_step1(_write(tmp_path, tied_state, cfg=cfg))
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_tie_true_next_to_a_head_is_refused(tmp_path, state):
+    d = _write(tmp_path, state)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(dict(cfg, tie_word_embeddings=True)))
+    msg = _error(d)
+    assert "lm_head.weight" in msg and "tie_word_embeddings" in msg and "model-00001.safetensors" in msg
+
+
+def test_no_head_without_an_explicit_tie_is_incomplete(tmp_path, state):
+    msg = _error(_write(tmp_path, {k: v for k, v in state.items() if k != "lm_head.weight"}))
+    assert "lm_head.weight" in msg and "re-download" in msg
 
 
 def test_bfloat16_load_close_to_fp32(tmp_path, state, reference):

@@ -80,6 +80,23 @@ def test_tokenizer_json_gives_the_same_ids(tok, tok_dir, tmp_path):
         assert fast.encode(case["text"]) == case["ids"]
 
 
+def test_release_shaped_files_and_the_legacy_rule(tok, tok_dir, tmp_path):
+    # The release ships tokenizer.model + tokenizer_config.json only; our fixture leaves `legacy` out.
+    assert sorted(p.name for p in tok_dir.iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+    cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    assert "legacy" not in cfg and tok.config.legacy is None and tok.source.name == "tokenizer.model"
+    # Rule: an absent `legacy` tokenizes exactly as `legacy: false` (the goldens were made with it).
+    (tmp_path / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**cfg, "legacy": False}))
+    explicit = TextTokenizer.load(tmp_path)
+    for case in GOLDEN["encode"]:
+        assert explicit.encode(case["text"]) == tok.encode(case["text"]) == case["ids"]
+    for bad in (True, "false", 0):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({**cfg, "legacy": bad}))
+        with pytest.raises(ModelFilesError, match="legacy"):
+            TextTokenizer.load(tmp_path)
+
+
 def test_add_bos_token_false_is_honoured(tok_dir, tmp_path):
     cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
     (tmp_path / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import speechlike
+from conftest import assert_close_rel, speechlike
 
 from editx.config import EngineConfig, SamplingConfig
 from editx.pipeline.segment import split_audio_at_silences, split_text, text_budget
@@ -41,7 +41,7 @@ def test_stream_joiner_equals_join_segments():
             out += [joiner.feed(p[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(p)])]
             out.append(joiner.end_part())
         out.append(joiner.finish())
-        np.testing.assert_allclose(np.concatenate(out), join_segments(parts, SR, pause_s=pause), rtol=0, atol=1e-6)
+        assert_close_rel(np.concatenate(out), join_segments(parts, SR, pause_s=pause))
     one = rng.standard_normal(5000).astype(np.float32)  # a single part comes back unchanged
     j = StreamJoiner(SR)
     np.testing.assert_array_equal(np.concatenate([j.feed(one), j.end_part(), j.finish()]), one)

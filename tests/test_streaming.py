@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close_rel
 from safetensors.torch import load_file
 
 import editx.decoder.streaming as streaming
@@ -76,11 +77,12 @@ def test_matches_upstream_streaming_path(decoder, gold, monkeypatch, name, rows,
                               gold["target_mixed"].numpy(), monkeypatch, chunk_rows=rows, noise="upstream",
                               generator=torch.Generator().manual_seed(seed))
     assert [m.shape[1] for m in mels] == gold[f"{name}_mel_frames"].tolist()
-    torch.testing.assert_close(torch.cat(mels, 1), gold[f"{name}_mel"], rtol=0, atol=2e-5)
+    assert_close_rel(torch.cat(mels, 1), gold[f"{name}_mel"])
     if f"{name}_audio" in gold:
         assert [p.size for p in pieces] == gold[f"{name}_chunk_sizes"].tolist()
         ref = gold[f"{name}_audio"].float().numpy()
-        np.testing.assert_allclose(np.concatenate(pieces), ref, rtol=0, atol=5e-5)
+        # the vocoder's rounding happens at its mel input's magnitude, not at its (small) output's
+        assert_close_rel(np.concatenate(pieces), ref, scale=float(gold[f"{name}_mel"].abs().max()))
 
 
 def test_one_last_chunk_encoder_equals_offline_encoder(decoder):
@@ -89,7 +91,7 @@ def test_one_last_chunk_encoder_equals_offline_encoder(decoder):
     with torch.inference_mode():
         offline = enc(x)
         chunked, cache = enc.forward_chunk(x, None, last=True)
-    torch.testing.assert_close(chunked, offline, rtol=0, atol=1e-5)
+    assert_close_rel(chunked, offline)
     assert cache.rows == 17 and cache.att[0][0].shape[2] == 17 and cache.att[-1][0].shape[2] == 34
 
 
@@ -277,7 +279,6 @@ def test_offline_prime_reuses_the_voice_prime_and_stays_close(make_engine):
 @pytest.mark.slow
 def test_a_stream_that_cannot_start_fails_alone(make_engine, monkeypatch):
     import threading
-    from concurrent.futures import Future
 
     eng = make_engine(cache=False)
 
@@ -286,7 +287,7 @@ def test_a_stream_that_cannot_start_fails_alone(make_engine, monkeypatch):
 
     monkeypatch.setattr(eng.backend.decoder, "prime_stream", broken)
     gate = threading.Event()
-    eng._queue.put(("call", gate.wait, Future()))  # hold the worker: both requests go in one round
+    eng._q.call(gate.wait)  # hold the worker: both requests go in one round
     streamed = eng.submit(_stream_request(), emit=lambda _c: None)
     offline = eng.submit(_stream_request(seed=1))
     gate.set()

@@ -197,7 +197,7 @@ def test_metrics_noop_without_prometheus(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     m = Metrics()
     assert not m.enabled and m.registry is None
-    m.observe_timeline(sample_timeline())
+    m.observe_timeline(sample_timeline(), backend="editx")
     m.queue_depth.set(3)
     m.in_flight.inc()
     body, ctype = m.render_latest()
@@ -213,8 +213,8 @@ def test_metrics_real_and_isolated():
     m, other = Metrics(), Metrics()
     assert m.enabled and m.registry is not other.registry
     d = sample_timeline()
-    m.observe_timeline(d, backend="lite", cache_tiers=("memory", "disk"))
-    m.observe_timeline(d, backend="lite", status="error", cache_tiers=("memory", "disk"))
+    m.observe_timeline(d, backend="lite")
+    m.observe_timeline(d, backend="lite", status="error")
     v = m.registry.get_sample_value
     assert v("editx_stage_seconds_count", {"stage": "lm", "op": "clone", "backend": "lite"}) == 2
     assert v("editx_stage_seconds_sum", {"stage": "lm", "op": "clone", "backend": "lite"}) == pytest.approx(
@@ -222,10 +222,14 @@ def test_metrics_real_and_isolated():
     )
     assert v("editx_stage_seconds_count", {"stage": "tokenize", "op": "clone", "backend": "lite"}) is None
     assert v("editx_stage_seconds_count", {"stage": "first_audio", "op": "clone", "backend": "lite"}) is None
-    assert v("editx_requests_total", {"op": "clone", "status": "ok"}) == 1
-    assert v("editx_requests_total", {"op": "clone", "status": "error"}) == 1
-    assert v("editx_cache_lookups_total", {"tier": "memory", "result": "miss"}) == 2
-    assert v("editx_cache_lookups_total", {"tier": "disk", "result": "hit"}) == 2
+    assert v("editx_requests_total", {"op": "clone", "status": "ok", "backend": "lite"}) == 1
+    assert v("editx_requests_total", {"op": "clone", "status": "error", "backend": "lite"}) == 1
+    # the timeline's cache outcomes are not counted again: the Engine counts each lookup as it happens
+    assert v("editx_cache_lookups_total", {"tier": "memory", "result": "miss"}) is None
+    m.observe_cache_outcome("disk", ("memory", "disk"))
+    assert v("editx_cache_lookups_total", {"tier": "memory", "result": "miss"}) == 1
+    assert v("editx_cache_lookups_total", {"tier": "disk", "result": "hit"}) == 1
+    assert v("editx_cache_lookups_total", {"tier": "shared", "result": "miss"}) is None
     assert v("editx_rtf_count", {"op": "clone", "backend": "lite"}) == 2
     assert v("editx_ttfa_seconds_sum", {"op": "clone", "backend": "lite"}) == pytest.approx(2 * d["ttfa_s"])
     m.observe_cache_outcome("miss", ("memory", "disk", "shared"))
@@ -233,6 +237,7 @@ def test_metrics_real_and_isolated():
     m.queue_depth.set(5)
     m.in_flight.inc()
     assert v("editx_queue_depth") == 5 and v("editx_in_flight") == 1
-    assert other.registry.get_sample_value("editx_requests_total", {"op": "clone", "status": "ok"}) is None
+    assert other.registry.get_sample_value("editx_requests_total",
+                                           {"op": "clone", "status": "ok", "backend": "lite"}) is None
     body, ctype = m.render_latest()
     assert b"editx_stage_seconds_bucket" in body and ctype.startswith("text/plain")

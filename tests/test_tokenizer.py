@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import GOLDEN
+from conftest import GOLDEN, assert_close_rel
 from safetensors.numpy import load_file
 
 from editx.errors import ModelFilesError, ValidationError
@@ -17,7 +17,6 @@ from editx.fixtures import tokenizer as fixture
 from editx.tokenizer import FUNASR_SUBDIR, DualTokens, StepAudioTokenizer, frontend, speech
 
 GOLD = GOLDEN / "tokenizer"
-ENC_ATOL = 1e-4
 
 
 def speech_like(seconds: float, sr: int, seed: int) -> np.ndarray:
@@ -55,8 +54,10 @@ def speech_like(seconds: float, sr: int, seed: int) -> np.ndarray:
 
 def golden_signal(gold: dict, seconds: float, sr: int, seed: int) -> np.ndarray:
     x = speech_like(seconds, sr, seed)
-    np.testing.assert_allclose(x[:16], gold["signal_head"], atol=1e-7)
-    assert abs(x.astype(np.float64).sum() - gold["signal_sum"][0]) < 1e-3
+    assert_close_rel(x[:16], gold["signal_head"])
+    # numpy's sin/exp differ by a few ulps per sample across CPUs: the sum's error follows sum |x|
+    assert_close_rel(x.astype(np.float64).sum(), gold["signal_sum"][0], dtype=np.float32,
+                     scale=float(np.abs(x).sum(dtype=np.float64)))
     return x
 
 
@@ -87,8 +88,8 @@ def test_wav2token_16k_matches_upstream(tok):
     assert tokens.token_str == bytes(gold["token_str"]).decode()
     enc = tok.vq02_model.encode(tok.preprocess(x, 16000)).numpy()
     assert enc.shape[0] == gold["enc_frames"][0]
-    np.testing.assert_allclose(enc[:8], gold["enc_head"], atol=ENC_ATOL, rtol=0)
-    np.testing.assert_allclose(enc[-4:], gold["enc_tail"], atol=ENC_ATOL, rtol=0)
+    assert_close_rel(enc[:8], gold["enc_head"])
+    assert_close_rel(enc[-4:], gold["enc_tail"])
 
 
 def test_wav2token_24k_matches_upstream(tok):
@@ -110,7 +111,7 @@ def test_streaming_chunk_edges_match_upstream(tok, n):
     enc = tok.vq02_model.encode(x).numpy()
     assert enc.shape[0] == len(gold[f"vq02_{n}"])
     if enc.shape[0]:
-        np.testing.assert_allclose(np.concatenate([enc[:2], enc[-2:]]), gold[f"enc_{n}"], atol=ENC_ATOL, rtol=0)
+        assert_close_rel(np.concatenate([enc[:2], enc[-2:]]), gold[f"enc_{n}"])
 
 
 def test_vq06_30s_windows_match_upstream(tok):

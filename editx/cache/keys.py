@@ -21,7 +21,7 @@ from editx.errors import ModelFilesError
 
 KEY_DIGEST_BYTES = 32  # BLAKE2b-256: 64 hex characters
 _KEY_LAYOUT = b"editx/prompt-key/v1"
-_FINGERPRINT_LAYOUT = b"editx/model-fingerprint/v1"
+_FINGERPRINT_LAYOUT = b"editx/model-fingerprint/v2"  # v2: no mtimes (equal across hosts)
 
 # The fast fingerprint reads this much from each end of a file. Checkpoint formats keep their
 # headers (safetensors JSON header, ONNX graph, torch zip directory at the end) in these regions.
@@ -101,14 +101,16 @@ def fingerprint_files(paths: Iterable[str | os.PathLike], *, full: bool = False)
     """Hex fingerprint of a set of model files (folders are walked; hidden entries skipped).
 
     Fast mode (default) hashes, per file: its name relative to the files' common folder, its size,
-    its mtime in ns, and its first and last MiB. Opening a multi-GB checkpoint then costs two small
-    reads instead of reading every byte (seconds to minutes at start-up); per-file results are memoized
-    per (path, size, mtime, ctime, inode) for the life of the process. The trade-off: an edit in the middle of a file
-    that keeps its size and mtime goes unnoticed, and the fingerprint differs between copies of the
-    same files with different mtimes (e.g. two hosts that downloaded the model separately).
+    and its first and last MiB (the whole file when it is at most 2 MiB: every config, YAML and
+    tokenizer file). Those regions hold the checkpoint formats' headers (the safetensors JSON header
+    with every tensor's name, dtype, shape and offsets; the ONNX graph; the torch zip directory at
+    the end), so opening a multi-GB checkpoint costs two small reads instead of reading every byte.
+    No mtimes: two hosts that downloaded the same weights separately get the same fingerprint, so
+    they share a cache tier. Per-file results are memoized per (path, size, mtime, ctime, inode)
+    for the life of the process (so an edit is seen at the next call). The trade-off: a same-size
+    edit in the middle of a large file goes unnoticed.
 
-    `full=True` hashes names, sizes and the whole content, without mtimes: slower, exact, and equal on
-    every host holding the same files, which is what a cache tier shared between hosts wants.
+    `full=True` hashes names, sizes and the whole content: slower and exact.
     """
     files = _expand(paths)
     common = Path(os.path.commonpath([f.parent for f in files]))
@@ -133,7 +135,5 @@ def fingerprint_files(paths: Iterable[str | os.PathLike], *, full: bool = False)
                 _memo[stamp] = digest
         _field(h, b"N", path.relative_to(common).as_posix().encode("utf-8"))
         _field(h, b"Z", struct.pack("<q", st.st_size))
-        if not full:
-            _field(h, b"T", struct.pack("<q", st.st_mtime_ns))
         _field(h, b"D", digest)
     return h.hexdigest()

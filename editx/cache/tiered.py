@@ -13,7 +13,6 @@ polls the tiers and computes itself when the lock goes away empty or after `lock
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from editx.cache.disk import DiskTier, check_key
 from editx.cache.entry import CacheEntry, CorruptEntryError, decode_entry, encode_entry
 from editx.cache.memory import MemoryTier
 from editx.cache.shared import RedisTier, SharedTier
+from editx.config import env_value
 from editx.errors import CancelledError
 from editx.telemetry.log import log_event
 
@@ -39,13 +39,18 @@ def default_cache_dir(cache_dir: Path | str | None = None) -> Path:
     $EDITX_CACHE_DIR, else the platform user cache dir for "editx"."""
     if cache_dir is not None:
         root = Path(cache_dir)
-    elif env := os.environ.get("EDITX_CACHE_DIR"):
-        root = Path(env)
+    elif env := env_value("EDITX_CACHE_DIR"):
+        root = env
     else:
         import platformdirs
 
         root = Path(platformdirs.user_cache_dir("editx"))
     return root.expanduser() / "prompts"
+
+
+class CacheBusy(Exception):
+    """Another thread or process is computing this entry now; ask again later (get_or_compute with
+    wait=False: the Engine's worker parks the job instead of waiting)."""
 
 
 @dataclass
@@ -169,16 +174,32 @@ class TieredCache:
             self.shared.put(key, data)
 
     # ---- single flight -----------------------------------------------------------------------
-    def get_or_compute(self, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, str]:
+    def get_or_compute(self, key: str, compute: Callable[[], CacheEntry], *, wait: bool = True,
+                       force: bool = False) -> tuple[CacheEntry, str]:
         """(entry, outcome): outcome is the tier that answered, or "miss" when this call computed it or
-        waited for a concurrent call that computed it."""
+        waited for a concurrent call that computed it.
+
+        While another process holds the entry's lock (it is computing it): wait up to `lock_wait_s`
+        (default), raise CacheBusy at once (`wait=False`), or compute it anyway (`force=True`, what
+        the default does once its wait is over)."""
         check_key(key)
-        entry, outcome = self._single_flight(key, compute)
+        entry, outcome = self._single_flight(key, compute, wait, force)
         # INFO on purpose: the reference system's HIT/MISS lines never reached its logs
         log_event(log, "cache", key=key[:16], outcome=outcome, hit=outcome != MISS)
         return entry, outcome
 
-    def _single_flight(self, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, str]:
+    def busy(self, key: str) -> bool:
+        """True when the entry is in no tier and another thread or process is computing it now."""
+        if self._get(check_key(key), count=False)[0] is not None:
+            return False
+        with self._flights_lock:
+            if key in self._flights:
+                return True
+        locker = self.shared if self.shared is not None else self.disk
+        return locker is not None and self.lock_wait_s > 0 and locker.is_locked(key, self.lock_ttl_s)
+
+    def _single_flight(self, key: str, compute: Callable[[], CacheEntry], wait: bool,
+                       force: bool) -> tuple[CacheEntry, str]:
         while True:
             entry, tier = self._get(key, count=True)
             if entry is not None:
@@ -190,15 +211,17 @@ class TieredCache:
                     flight = self._flights[key] = _Flight()
             if leader:
                 break
+            if not wait and not force:
+                raise CacheBusy(key)
             self._count("coalesced")
             flight.done.wait()
             if flight.error is None:
                 return flight.entry, MISS
-            if not isinstance(flight.error, CancelledError):
+            if not isinstance(flight.error, (CancelledError, CacheBusy)):
                 raise flight.error
-            # The leader was cancelled by its own caller: take over (loop, maybe lead this time).
+            # The leader was cancelled by its own caller, or would not wait: take over (loop).
         try:
-            entry, outcome = self._lead(key, compute)
+            entry, outcome = self._lead(key, compute, wait, force)
             flight.entry = entry
             return entry, outcome
         except BaseException as exc:
@@ -209,7 +232,7 @@ class TieredCache:
                 del self._flights[key]
             flight.done.set()
 
-    def _lead(self, key: str, compute: Callable[[], CacheEntry]) -> tuple[CacheEntry, str]:
+    def _lead(self, key: str, compute: Callable[[], CacheEntry], wait: bool, force: bool) -> tuple[CacheEntry, str]:
         # Another flight may have finished between our miss and our taking the lead.
         entry, tier = self._get(key, count=False)
         if entry is not None:
@@ -217,7 +240,7 @@ class TieredCache:
         locker = self.shared if self.shared is not None else self.disk
         token = None
         if locker is not None and self.lock_wait_s > 0:
-            token, entry, tier = self._cross_process_wait(locker, key)
+            token, entry, tier = self._cross_process_wait(locker, key, wait, force)
             if entry is not None:
                 return entry, tier
         try:
@@ -235,7 +258,8 @@ class TieredCache:
                 locker.unlock(key, token)
         return entry, MISS
 
-    def _cross_process_wait(self, locker, key: str) -> tuple[str | None, CacheEntry | None, str]:
+    def _cross_process_wait(self, locker, key: str, wait: bool,
+                            force: bool) -> tuple[str | None, CacheEntry | None, str]:
         """(lock token or None, entry found while waiting or None, its tier)."""
         deadline = time.monotonic() + self.lock_wait_s
         unlocked_seen = 0
@@ -260,6 +284,10 @@ class TieredCache:
                 if unlocked_seen >= 2:  # the store cannot lock right now (e.g. Redis down)
                     return None, None, MISS
                 continue
+            if force:
+                return None, None, MISS
+            if not wait:
+                raise CacheBusy(key)
             if time.monotonic() >= deadline:
                 log.info("gave up waiting for another process to compute a cache entry", extra={"key": key})
                 return None, None, MISS
@@ -333,7 +361,7 @@ class TieredCache:
                 "entries": n,
                 "bytes": b,
                 "corrupt": c.get("shared.corrupt", 0),
-                "errors": getattr(self.shared, "errors", 0),
+                "errors": self.shared.errors,
             }
         for tier, d in out.items():
             d["hits"] = c.get(f"{tier}.hits", 0)
@@ -343,6 +371,5 @@ class TieredCache:
         return out
 
     def close(self) -> None:
-        close = getattr(self.shared, "close", None)
-        if close is not None:
-            close()
+        if self.shared is not None:
+            self.shared.close()

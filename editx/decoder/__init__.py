@@ -177,11 +177,20 @@ class CosyVoiceDecoder:
         return flow_prime(self.flow, self.flow_tokens(prompt_mixed), mel, spk, n_steps=n_steps)
 
 
+def read_config(root: Path) -> DecoderConfig:
+    """cosyvoice.yaml parsed and checked for the values this decoder depends on."""
+    from editx.decoder.config import DecoderConfig
+
+    config = DecoderConfig.from_yaml(root)
+    if config.mel.center:
+        raise ModelFilesError(f"{root}/cosyvoice.yaml: mel_conf.center must be false (the Matcha mel is uncentred)")
+    return config
+
+
 def load_decoder(cosyvoice_dir: str | Path, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float32, onnx_threads: int = 1,
                  providers: list[str] | tuple[str, ...] | None = None) -> CosyVoiceDecoder:
     """Load the official CosyVoice-300M-25Hz folder (cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)."""
-    from editx.decoder.config import DecoderConfig
     from editx.decoder.flow import FLOW_FILE, load_flow
     from editx.decoder.speaker import SpeakerEncoder
     from editx.decoder.vocoder import HiFTConfig, load_hift
@@ -190,9 +199,7 @@ def load_decoder(cosyvoice_dir: str | Path, *, device: str | torch.device = "cpu
     if not root.is_dir():
         raise ModelFilesError(f"{root} is not a directory; pass Step-Audio-EditX/CosyVoice-300M-25Hz")
     device, dtype = torch.device(device), _as_dtype(dtype)
-    config = DecoderConfig.from_yaml(root)
-    if config.mel.center:
-        raise ModelFilesError(f"{root}/cosyvoice.yaml: mel_conf.center must be false (the Matcha mel is uncentred)")
+    config = read_config(root)
     flow = load_flow(root / FLOW_FILE, config.flow, device=device, dtype=dtype)
     hift = load_hift(root / "hift.pt", HiFTConfig.from_yaml(dict(config.hift)), device=device, dtype=dtype)
     speaker = SpeakerEncoder.load(root / "campplus.onnx", threads=onnx_threads, providers=providers)

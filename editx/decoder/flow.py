@@ -10,7 +10,6 @@ frames are dropped from the result.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from editx.decoder.config import FlowConfig
 from editx.decoder.conformer import TokenEncoder
 from editx.decoder.dit import DiT
 from editx.errors import ModelFilesError, ValidationError, name_some
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,15 @@ def to_official_key(ours: str) -> str:
 
 
 def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, source: str = FLOW_FILE) -> None:
-    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly."""
+    """Assign an official-key state dict to a (meta or real) model; every parameter must match exactly.
+
+    Strict both ways through the one key map (`_KEY_RENAMES`): every tensor in flow.pt lands in a
+    parameter or the load fails naming it. Meta tensors work too (`editx doctor` checks flow.pt's index).
+    """
+    not_float = sorted(k for k, t in state.items() if not t.dtype.is_floating_point)
+    if not_float:
+        raise ModelFilesError(f"{source}: {not_float[0]} is {state[not_float[0]].dtype}, not a float tensor; "
+                              "re-download the CosyVoice-300M-25Hz folder")
     expected = dict(model.state_dict(keep_vars=True))
     mapped: dict[str, torch.Tensor] = {}
     unexpected = []
@@ -217,23 +225,21 @@ def load_flow_state(model: CosyVoiceFlow, state: dict[str, torch.Tensor], *, sou
     model.load_state_dict(mapped, strict=True, assign=True)
 
 
+def flow_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor dict in a loaded flow.pt (rule: a training checkpoint's "state_dict" is unwrapped)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFilesError(f"{path} must hold a flat state dict of tensors")
+    return obj
+
+
 def load_flow(path: str | Path, cfg: FlowConfig, *, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32, noise_seed: int = DEFAULT_NOISE_SEED) -> CosyVoiceFlow:
     """Build the flow on the meta device, load flow.pt through the key map, then move to device/dtype."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFilesError(f"{path} not found: CosyVoice-300M-25Hz/ must hold {FLOW_FILE}")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # pre-zipfile (legacy) checkpoints cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise ModelFilesError(f"{path} is not a readable torch state dict ({exc}); re-download it") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFilesError(f"{path} must hold a flat state dict of tensors")
+    state = load_torch_file(path, "CosyVoice flow checkpoint")
+    state = flow_state(state, path)
     with torch.device("meta"):
         model = CosyVoiceFlow(cfg)
     load_flow_state(model, state, source=str(path))
@@ -252,6 +258,7 @@ __all__ = [
     "cosine_t_span",
     "guided_velocity",
     "load_flow",
+    "flow_state",
     "load_flow_state",
     "make_noise",
     "solve_euler",

@@ -45,6 +45,16 @@ def campplus_features(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
     return feat - feat.mean(dim=0, keepdim=True)
 
 
+def check_inputs(inputs: list[tuple[str, str, list]], source: str = "campplus.onnx") -> None:
+    """CAM++ takes one float input (1, T, 80) (upstream feeds it by position); the first output is used."""
+    if len(inputs) != 1:
+        raise ModelFilesError(f"{source} takes {len(inputs)} inputs {[i[0] for i in inputs]}; CAM++ takes one "
+                              "(1, T, 80) fbank input: re-download Step-Audio-EditX")
+    name, kind, shape = inputs[0]
+    if kind != "float" or len(shape) != 3 or (isinstance(shape[-1], int) and shape[-1] != CAMPPLUS_BINS):
+        raise ModelFilesError(f"{source}: input {name} is {kind} {shape}; CAM++ takes float (1, T, {CAMPPLUS_BINS})")
+
+
 class SpeakerEncoder:
     """An onnxruntime session over campplus.onnx; thread-safe (onnxruntime sessions are)."""
 
@@ -72,13 +82,13 @@ class SpeakerEncoder:
                                            providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelFilesError(f"cannot load CAM++ model {path}: {exc}") from exc
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if not inputs or not outputs:
-            raise ModelFilesError(f"{path} has no inputs or outputs; it is not a CAM++ speaker model")
-        shape = inputs[0].shape
-        if len(shape) != 3 or (isinstance(shape[-1], int) and shape[-1] != CAMPPLUS_BINS):
-            raise ModelFilesError(f"{path}: first input has shape {shape}; CAM++ takes (1, T, {CAMPPLUS_BINS})")
-        log.debug("loaded CAM++ %s (input %s %s)", path, inputs[0].name, shape)
+        if not session.get_outputs():
+            raise ModelFilesError(f"{path} has no outputs; it is not a CAM++ speaker model")
+        from editx.tokenizer.speech import onnx_inputs
+
+        inputs = onnx_inputs(session)
+        check_inputs(inputs, str(path))
+        log.debug("loaded CAM++ %s (input %s %s)", path, inputs[0][0], inputs[0][2])
         return cls(session, path)
 
     def embed(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from editx.errors import ModelFilesError, ValidationError, name_some
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -330,42 +331,53 @@ def fold_weight_norm(state: dict[str, torch.Tensor], targets: list[str]) -> dict
                 if g_key not in out or v_key not in out:
                     raise ModelFilesError(f"hift.pt: weight-norm pair incomplete for {name!r}: needs both "
                                           f"{g_key!r} and {v_key!r}; the file is truncated or not a HiFT checkpoint")
+                if name + ".weight" in out:
+                    raise ModelFilesError(f"hift.pt holds both {name}.weight and its weight-norm pair {g_key!r}; "
+                                          "one of them would be dropped: re-download the CosyVoice-300M-25Hz folder")
                 g, v = out.pop(g_key).float(), out.pop(v_key).float()
-                out[name + ".weight"] = torch._weight_norm(v, g, 0)
+                # a header-only check (meta tensors) needs only the folded shape, which is v's
+                out[name + ".weight"] = (torch.empty(v.shape, device="meta") if v.is_meta
+                                         else torch._weight_norm(v, g, 0))
     return out
+
+
+def check_hift_state(model: HiFTGenerator, state: dict[str, torch.Tensor], source: str = "hift.pt"
+                     ) -> dict[str, torch.Tensor]:
+    """Fold the weight-norm pairs and check keys and shapes both ways against `model` (meta tensors
+    work too: `editx doctor` runs this on a hift.pt's index). Returns the folded state."""
+    bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor) or not v.dtype.is_floating_point)
+    if bad:
+        raise ModelFilesError(f"{source}: {bad[0]} is not a float tensor; re-download the CosyVoice-300M-25Hz folder")
+    state = fold_weight_norm(state, model.weight_norm_targets())
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelFilesError(f"{source} does not match the hift section of cosyvoice.yaml: "
+                              f"missing keys {name_some(missing)}; unexpected keys {name_some(unexpected)}")
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise ModelFilesError(f"{source}: tensor shapes differ from the hift config: {name_some(wrong)}")
+    return state
 
 
 def load_hift(path: str | Path, config: HiFTConfig, *, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> HiFTGenerator:
     """Load the official hift.pt (a state dict) into a HiFTGenerator with weight norm folded."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFilesError(f"HiFT checkpoint not found: {path}; expected hift.pt in the CosyVoice-300M-25Hz dir")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or non-tensor pickle
-        raise ModelFilesError(f"cannot read HiFT checkpoint {path}: {exc}") from exc
+    state = load_torch_file(path, "HiFT checkpoint")
     if not isinstance(state, dict):
         raise ModelFilesError(f"{path} does not hold a state dict (got {type(state).__name__})")
     with torch.device("meta"):
         model = HiFTGenerator(config)
-    state = fold_weight_norm(state, model.weight_norm_targets())
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ModelFilesError(f"{path} does not match the hift section of cosyvoice.yaml: "
-                              f"missing keys {name_some(missing)}; unexpected keys {name_some(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ModelFilesError(f"{path}: tensor shapes differ from the hift config: {name_some(wrong)}")
+    state = check_hift_state(model, state, str(path))
     model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     model.init_constants(device)
     model = model.to(device=device, dtype=dtype).eval()
     # the window and harmonic multipliers stay float32: STFT and phase math run in float32
     model.init_constants(device)
     model.requires_grad_(False)
-    log.debug("loaded HiFT from %s (%d tensors, %s, %s)", path, len(expected), device, dtype)
+    log.debug("loaded HiFT from %s (%d tensors, %s, %s)", path, len(state), device, dtype)
     return model
 

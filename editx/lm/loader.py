@@ -76,6 +76,7 @@ def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # released: BF16; the loader casts to the engine's dtype
 
 
 def read_header(path: Path) -> tuple[dict, int]:
@@ -100,7 +101,7 @@ def read_header(path: Path) -> tuple[dict, int]:
             ok = False
         if not ok:
             raise ModelFilesError(f"{path.name}: tensor {key} has a bad entry or lies past the end of the "
-                                  "file (truncated download?); re-download it")
+                                  f"file ({file_size} bytes; truncated download?); re-download it")
     return header, data_start
 
 
@@ -123,46 +124,72 @@ def iter_tensors(path: Path, keys) -> Iterator[tuple[str, torch.Tensor]]:
             yield key, tensor
 
 
+def plan_state(cfg: Step1Config, headers: dict[Path, tuple[dict, list[str] | None]]) -> dict[Path, list[str]]:
+    """Check the checkpoint's key set and shapes against `cfg` from the safetensors headers alone.
+
+    `headers` maps each shard to (its tensor table, the keys the index assigns to it or None).
+    Returns the keys to read per shard. Strict both ways, no tensor skipped: a key without a
+    parameter, a parameter without a key, a wrong shape, or a config that ties the head next to a
+    checkpoint that carries `lm_head.weight` is a ModelFilesError naming the key and the file.
+    `editx doctor` runs exactly this on the real headers without reading any weight.
+    """
+    key_map = checkpoint_keys(cfg)
+    with torch.device("meta"):
+        expected = {name: tuple(p.shape) for name, p in Step1ForCausalLM(cfg).named_parameters()}
+    plan: dict[Path, list[str]] = {}
+    seen: dict[str, Path] = {}
+    for path, (header, index_keys) in headers.items():
+        absent = sorted(set(index_keys or ()) - set(header))
+        if absent:
+            raise ModelFilesError(f"{path.name} lacks {len(absent)} tensor(s) the index lists, e.g. "
+                                  f"{absent[0]}; the shard is from another download: re-download it")
+        if index_keys is not None:
+            stray = sorted(set(header) - set(index_keys))
+            if stray:
+                raise ModelFilesError(f"{path.name} holds {len(stray)} tensor(s) {INDEX_FILE} does not assign to "
+                                      f"it, e.g. {stray[0]}; the index and the shard disagree: re-download both")
+        for key in sorted(header):
+            if key in seen:
+                raise ModelFilesError(f"tensor {key} is in both {seen[key].name} and {path.name}; re-download")
+            seen[key] = path
+            name = key_map.get(key)
+            if name is None:
+                if key == "lm_head.weight":
+                    raise ModelFilesError(
+                        f"{path.name} carries lm_head.weight but config.json says tie_word_embeddings: true; "
+                        "they disagree (the released config has no tie key and an untied head): remove the "
+                        "key from config.json or re-download it")
+                raise ModelFilesError(f"{path.name} holds tensor {key}, which a Step1 model of this config.json "
+                                      "does not have (wrong model or config.json from another model)")
+            if header[key]["dtype"] not in FLOAT_DTYPES:
+                raise ModelFilesError(f"tensor {key} in {path.name} is {header[key]['dtype']}, not a float "
+                                      "tensor; these are not Step1 weights: re-download them")
+            shape = tuple(header[key]["shape"])
+            if shape != expected[name]:
+                raise ModelFilesError(f"tensor {key} in {path.name} has shape {shape}, config.json implies "
+                                      f"{expected[name]}: config.json and the weights are from different models")
+            plan.setdefault(path, []).append(key)
+    missing = sorted(set(key_map) - set(seen))
+    if missing:
+        raise ModelFilesError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}"
+                              + ("" if missing != ["lm_head.weight"] else " (an untied head: config.json has no "
+                                 "tie_word_embeddings: true)") + "; the download is incomplete: re-download it")
+    return plan
+
+
+def read_headers(model_dir: Path) -> dict[Path, tuple[dict, list[str] | None]]:
+    """Every shard's safetensors header with the keys the index assigns to it."""
+    return {path: (read_header(path)[0], keys) for path, keys in weight_files(model_dir).items()}
+
+
 def load_state(model: Step1ForCausalLM, model_dir: Path, *, device: torch.device,
                dtype: torch.dtype) -> None:
     """Stream every checkpoint tensor into `model` (built on meta); strict about keys and shapes."""
     key_map = checkpoint_keys(model.config)
-    expected = {name: p.shape for name, p in model.named_parameters()}
-    loaded: set[str] = set()
-    unexpected: list[str] = []
-    for path, index_keys in weight_files(model_dir).items():
-        header, _ = read_header(path)
-        absent = sorted(set(index_keys or ()) - set(header))
-        if absent:
-            raise ModelFilesError(f"{path.name} lacks {len(absent)} tensor(s) the index lists, e.g. "
-                                  f"{absent[0]}; re-download it")
-        wanted = []
-        for key in sorted(header):
-            name = key_map.get(key)
-            if name is None:
-                if key == "lm_head.weight" and model.config.tie_word_embeddings:
-                    log.warning("config ties lm_head to the embeddings; ignoring lm_head.weight")
-                else:
-                    unexpected.append(key)
-                continue
-            shape = tuple(header[key]["shape"])
-            if shape != tuple(expected[name]):
-                raise ModelFilesError(f"tensor {key} in {path.name} has shape {shape}, "
-                                      f"config.json implies {tuple(expected[name])}")
-            wanted.append(key)
-        if unexpected:
-            break
-        for key, tensor in iter_tensors(path, wanted):
+    for path, keys in plan_state(model.config, read_headers(model_dir)).items():
+        for key, tensor in iter_tensors(path, keys):
             _set_param(model, key_map[key], tensor.to(device=device, dtype=dtype))
-            loaded.add(key_map[key])
             del tensor
-    if unexpected:
-        raise ModelFilesError(f"checkpoint has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}; "
-                              "these weights do not belong to a Step1 model of this config")
-    missing = sorted(set(key_map.values()) - loaded)
-    if missing:
-        raise ModelFilesError(f"checkpoint lacks {len(missing)} tensor(s), e.g. {missing[0]}; "
-                              "the download is incomplete")
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
 

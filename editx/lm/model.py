@@ -9,7 +9,7 @@ where query head h reads group h // (heads // groups); an untied `lm_head`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,8 @@ ARCHITECTURE = "Step1ForCausalLM"
 # Audio tokens live above the text vocabulary: LM id = AUDIO_TOKEN_OFFSET + mixed id (REFERENCES §4).
 AUDIO_TOKEN_OFFSET = 65536
 VOCAB_SIZE = 74752  # 65536 text ids + 9216 audio ids in the released checkpoint
+INT_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_attention_groups",
+              "num_hidden_layers", "vocab_size", "max_seq_len", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
 @dataclass(frozen=True)
@@ -83,37 +85,64 @@ class Step1Config:
             raise ModelFilesError(
                 f"config.json is not a Step1 config (model_type={data.get('model_type')!r}, "
                 f"architectures={archs!r}); point the model dir at Step-Audio-EditX/")
+        # Every value the network or the decode loop uses must be stated; only max_seq_len may come
+        # from HF's alias max_position_embeddings. torch_dtype is informational (the engine picks).
         required = ("hidden_size", "intermediate_size", "num_attention_heads", "num_attention_groups",
-                    "num_hidden_layers", "vocab_size")
+                    "num_hidden_layers", "vocab_size", "rms_norm_eps", "bos_token_id", "eos_token_id",
+                    "pad_token_id")
         missing = [k for k in required if k not in data]
+        if "max_seq_len" not in data and "max_position_embeddings" not in data:
+            missing.append("max_seq_len")
         if missing:
             raise ModelFilesError(f"config.json lacks required keys: {', '.join(missing)}")
         fields = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
         if "max_seq_len" not in fields and "max_position_embeddings" in data:
             fields["max_seq_len"] = data["max_position_embeddings"]
-        # HF's PretrainedConfig ties embeddings unless config.json says otherwise.
-        fields.setdefault("tie_word_embeddings", True)
+        # Rule: a missing `tie_word_embeddings` means an untied head. The released config.json
+        # has no such key and the checkpoint carries its own lm_head.weight; HF's PretrainedConfig
+        # default (tied) would throw that head away (upstream issue #38). The loader also refuses a
+        # config that says `true` next to a checkpoint that carries lm_head.weight.
+        tie = fields.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise ModelFilesError(f"config.json: tie_word_embeddings must be true or false, got {tie!r}")
+        fields["tie_word_embeddings"] = tie
         eos = fields.get("eos_token_id")
         if isinstance(eos, list):  # HF allows a list; the released model has a single id
-            fields["eos_token_id"] = int(eos[0])
+            if len(eos) != 1:
+                raise ModelFilesError(f"config.json: eos_token_id lists {eos}; the Step1 decoder stops on one id")
+            fields["eos_token_id"] = eos[0]
+        for name in INT_FIELDS:
+            if name in fields and (isinstance(fields[name], bool) or not isinstance(fields[name], int)):
+                raise ModelFilesError(f"config.json: {name} must be an integer, got {fields[name]!r}")
         try:
             return cls(**fields)
         except (TypeError, ValidationError) as exc:
             raise ModelFilesError(f"config.json has bad values: {exc}") from exc
 
     def to_hf_config(self) -> dict:
-        """The official config.json content for these sizes (keys as in the released model)."""
-        data = asdict(self)
-        data.update({
+        """config.json for these sizes with exactly the released file's keys, in its order
+        (`tie_word_embeddings` is written only when true: the release has no such key)."""
+        data = {
             "architectures": [ARCHITECTURE],
+            "auto_map": {"AutoConfig": "configuration_step1.Step1Config",
+                         "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM"},
             "model_type": MODEL_TYPE,
-            # The released config maps only AutoConfig (third-party loaders patch in
-            # AutoModelForCausalLM); our loader never reads auto_map.
-            "auto_map": {"AutoConfig": "configuration_step1.Step1Config"},
-            "initializer_range": 0.02,
-            "use_cache": True,
-        })
-        return dict(sorted(data.items()))
+            "bos_token_id": self.bos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_attention_groups": self.num_attention_groups,
+            "num_hidden_layers": self.num_hidden_layers,
+            "max_seq_len": self.max_seq_len,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+        }
+        if self.tie_word_embeddings:
+            data["tie_word_embeddings"] = True
+        data["torch_dtype"] = self.torch_dtype
+        return data
 
     def with_(self, **changes) -> Step1Config:
         return replace(self, **changes)

@@ -1,7 +1,9 @@
 """The Step1 text tokenizer: the official SentencePiece files read into a `tokenizers` pipeline.
 
 Step-Audio-EditX ships `tokenizer.model` (a SentencePiece Unigram ModelProto with byte fallback) and a
-small `tokenizer_config.json` naming `LlamaTokenizer` with `legacy: false` and no `add_bos_token` key.
+small `tokenizer_config.json` naming `LlamaTokenizer` with no `add_bos_token` key; **no `tokenizer.json`
+ships**. Whether its `legacy` field is present is not known (the sister model's file says `legacy:
+false`), so the rule is explicit (LEGACY_RULE below): absent means the non-legacy layout.
 Upstream loads it with `AutoTokenizer.from_pretrained(...)` (transformers 4.53.3), which builds a
 `LlamaTokenizerFast` by converting the SentencePiece model (transformers' `LlamaConverter`):
 
@@ -15,8 +17,9 @@ Upstream loads it with `AutoTokenizer.from_pretrained(...)` (transformers 4.53.3
 puts `<s>` in front (`add_bos_token` defaults to true when the config does not say otherwise) and
 `</s>` behind only if `add_eos_token` is set. `TextTokenizer.encode` reproduces exactly that; the
 prompt builders in `editx.lm.prompts` rely on it, as upstream's do. (transformers 5.x converts the
-same files differently: no <s>, other pieces. Upstream pins transformers==4.53.3; this follows that.) A `tokenizer.json` in the folder
-(as some conversions ship) is used in place of the SentencePiece file, as `AutoTokenizer` would.
+same files differently: no <s>, other pieces. Upstream pins transformers==4.53.3; this follows that.)
+Rule: a `tokenizer.json` in the folder (the release has none; some third-party conversions add one)
+is used in place of the SentencePiece file, as `AutoTokenizer` would; the choice is logged.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ SPIECE_UNDERLINE = "▁"
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM = 1  # TrainerSpec.ModelType
 LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
+# Rule for a tokenizer_config.json without `legacy`: tokenize as with `legacy: false` (Metaspace
+# pre-tokenizer, prepend_scheme "first", no normalizer). Evidence that this is the release's layout:
+# the sister model's file says `legacy: false`; the released file's 314 bytes match that file with the
+# key; a public port's conversion of the released files has exactly this pre-tokenizer. (transformers
+# 4.53.3 itself would pick the legacy layout for a file truly without the key.)
+LEGACY_RULE = "absent legacy = legacy false, the layout of the released tokenizer"
 
 
 class Piece(NamedTuple):
@@ -218,11 +227,13 @@ def _read_config(model_dir: Path) -> TokenizerConfig:
     if cfg.tokenizer_class is not None and cfg.tokenizer_class not in LLAMA_CLASSES:
         raise ModelFilesError(f"{path} names tokenizer_class {cfg.tokenizer_class!r}; Step-Audio-EditX uses "
                               f"{LLAMA_CLASSES[0]!r}: point the engine at the Step-Audio-EditX folder")
-    if cfg.legacy is not False:
-        # Legacy Llama tokenization prepends "▁" to every text segment; the official file says
-        # `legacy: false`, and only that layout is known to match the weights.
-        raise ModelFilesError(f"{path} has legacy={cfg.legacy!r}; only the official `\"legacy\": false` "
-                              "tokenization is supported: re-download the model files")
+    if cfg.legacy is None:
+        log.info("%s has no `legacy` key: using the non-legacy layout (%s)", path, LEGACY_RULE)
+    elif cfg.legacy is not False:
+        # Legacy Llama tokenization prepends "▁" after every special token; only the non-legacy
+        # layout is known to match the weights.
+        raise ModelFilesError(f"{path} has legacy={cfg.legacy!r}; only `\"legacy\": false` (or no legacy key, "
+                              "as released) is supported: re-download the model files")
     return cfg
 
 
@@ -256,8 +267,9 @@ class TextTokenizer:
             try:
                 tok = Tokenizer.from_file(str(fast))
             except Exception as e:  # the Rust loader raises a bare Exception on bad JSON
-                raise ModelFilesError(f"{fast} cannot be read as a tokenizers file ({e}); delete it to fall "
-                                      f"back to {SPM_FILE}, or re-download the model files") from e
+                raise ModelFilesError(f"{fast} cannot be read as a tokenizers file ({e}); delete it to use "
+                                      f"{SPM_FILE} (the release ships no {FAST_FILE})") from e
+            log.info("text tokenizer from %s (preferred over %s, as AutoTokenizer does)", fast, SPM_FILE)
             return cls(tok, config, fast)
         if not spm.is_file():
             raise ModelFilesError(f"{model_dir} holds neither {SPM_FILE} nor {FAST_FILE}; the Step-Audio-EditX "

@@ -1,6 +1,7 @@
 """The Engine: the one stateful object. Loads a backend, owns the prompt cache and a model worker.
 
-Every public call becomes a job on a bounded queue. A single worker thread owns the models, so
+Every public call becomes a job on a bounded queue (admission.py: refused at once when full, over
+the stream limit or closed; never a blocking put). A single worker thread owns the models, so
 concurrent callers are never interleaved on shared state; it drains up to `max_batch` waiting jobs
 and runs them as one round (the editx backend decodes their LM tokens as one batch). Iterated edits
 take one round per iteration, feeding each output back as the next input, as upstream does.
@@ -10,12 +11,15 @@ all with the same prompt encoding (and LM voice prefix); an edit of a clip longe
 window runs one round per part cut at silences. The parts are joined as they finish (pauses between
 text segments, cross-fades between clip parts). Streaming requests emit the last step's audio as the
 backend produces it (chunks while the LM is still generating, with the editx backend).
+
+Containment: a request is checked before admission (`check`), fails alone wherever it fails
+(rounds.py), and gives back everything it holds; `health()` reports a stuck worker (heartbeat);
+`close(grace_s)` drains admitted work, then fails what is left with a clear error.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +29,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from editx.cache.tiered import CacheBusy
 from editx.config import EngineConfig
-from editx.errors import CancelledError, EditxError, QueueFullError
-from editx.pipeline.job import AudioStream, Job
+from editx.errors import CancelledError, EngineClosedError, StreamBackpressureError, ValidationError
+from editx.pipeline.admission import WorkQueue
+from editx.pipeline.job import AudioStream, ChunkBuffer, Job
+from editx.pipeline.rounds import Rounds
 from editx.pipeline.types import (
     AudioChunk,
     CloneRequest,
@@ -38,28 +45,37 @@ from editx.pipeline.types import (
     Step,
     plan_steps,
 )
-from editx.telemetry.log import log_event
 from editx.telemetry.metrics import get_metrics
 from editx.telemetry.timing import Timeline
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+PARKED_POLL_S = 0.05  # how often the worker looks again when every job it holds is parked
+CLOSE_MARGIN_S = 10.0  # after the grace period: time for a cancelled round to stop at its next token
+STREAM_LIMIT_FACTOR = 4  # a stream more than this many times stream_buffer_s behind is cancelled
 
 
 class Backend(Protocol):
-    """What the Engine needs from a model backend (editx = Step-Audio-EditX, lite = Kokoro)."""
+    """Everything the Engine (and long-form planning) uses of a model backend (editx =
+    Step-Audio-EditX, lite = Kokoro). No attribute is probed: every backend defines all of them."""
 
     name: str
     feature_version: str  # bumps whenever prompt features change meaning; part of every cache key
     sample_rate: int
     native_speed: bool  # True: the clone round honours `speed` itself; False: a speed edit is appended
+    segments_text: bool  # True: the Engine splits long clone texts into sentence segments
+    edit_window_s: float | None  # clips longer than this are edited in parts (None: any length)
+    cache: Any  # set by the Engine: its prompt cache (backends keep memory-only attachments there)
 
     def fingerprint(self) -> str: ...
     def supports_edit(self, edit_type: str) -> bool: ...
-    def check(self, request: Request) -> None: ...
+    def check(self, request: Request) -> None: ...  # raise before admission for what it cannot run
     def needs_prompt(self, step: Step) -> bool: ...
     def encode_prompt(self, audio: PromptAudio, timeline: Timeline | None = None) -> Any: ...
+    def to_entry(self, encoding: Any) -> Any: ...  # prompt encoding -> cache.CacheEntry
+    def from_entry(self, entry: Any) -> Any: ...  # cache.CacheEntry -> prompt encoding
+    # One round for every job: settle a job alone with job.fail(exc) when it fails, call done(job)
+    # as each one's round is over, and job.heartbeat() / job.feed() in long loops.
     def run_round(self, jobs: list[Job], done: Callable[[Job], None]) -> None: ...
     def warmup(self) -> None: ...
 
@@ -72,10 +88,10 @@ class Engine:
         self.backend = backend
         self.cache = cache
         backend.cache = cache  # backends may keep memory-only attachments (LM prefix KV) there
-        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
-        self._inflight = 0
-        self._lock = threading.Lock()
-        self._closed = False
+        self._q = WorkQueue(config.queue_size, config.max_streams, config.max_batch)
+        self._active: list[Job] = []  # the worker's jobs, settled ones pruned after every round
+        self._deadline: float | None = None  # set by close(): drain until then, then fail the rest
+        self._rounds = Rounds(config, backend, cache, self._q.beat)
         self.ready = False
         self._worker = threading.Thread(target=self._run_worker, name="editx-worker", daemon=True)
         self._worker.start()
@@ -124,48 +140,72 @@ class Engine:
 
     def submit(self, request: Request, emit: Callable[[AudioChunk], None] | None = None, *,
                keep_audio: bool = True) -> Future:
-        """Queue a request; the Future resolves to a Result. Raises QueueFullError when full.
+        """Queue a request; the Future resolves to a Result. Refused at once, before it takes a
+        queue slot: ValidationError / BackendUnsupportedError (what the request itself can be checked
+        for), QueueFullError (retry after `.retry_after_s`), StreamLimitError, EngineClosedError.
 
-        `emit` receives the last step's audio as AudioChunks while it is made; with
-        `keep_audio=False` the Result then holds no copy of it (long streams in bounded memory)."""
-        self.backend.check(request)  # reject unsupported work before it takes a queue slot
-        gen = torch.Generator().manual_seed(request.seed if request.seed is not None else _fresh_seed())
-        steps = plan_steps(request, native_speed=self.backend.native_speed)
-        job = Job(request=request, steps=steps, timeline=Timeline(op=request.op), future=Future(), generator=gen,
-                  emit=emit, keep_audio=keep_audio or emit is None)
-        job.current = job.source = request.prompt_audio if isinstance(request, CloneRequest) else request.audio
-        job.future.job = job  # type: ignore[attr-defined]  # lets callers cancel
-        if self._closed:
-            raise EditxError("engine is closed")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFullError(f"the request queue is full ({self.config.queue_size} waiting); retry later",
-                                 retry_after_s=1.0) from None
-        return job.future
+        `emit` receives the last step's audio as AudioChunks while it is made (on the worker thread:
+        it must not block); with `keep_audio=False` the Result then holds no copy of it."""
+        return self._admit(request, emit, keep_audio, None).future
 
     def stream(self, request: Request) -> AudioStream:
         """Audio chunks as they are produced (an iterator; `.result` once it is exhausted). Nothing
-        keeps a copy of the streamed audio; closing the stream early cancels the request."""
-        chunks: queue.Queue = queue.Queue()
-        return AudioStream(self.submit(request, emit=chunks.put, keep_audio=False), chunks)
+        keeps a copy of the streamed audio; closing the stream early cancels the request.
+
+        Backpressure: the worker never waits for a reader. While more than `stream_buffer_s` of
+        audio waits unread, the request is paused between rounds (long-form parts, iterations);
+        a reader more than STREAM_LIMIT_FACTOR times that far behind within one round, or one that
+        reads nothing for `stream_stall_s` while paused, gets StreamBackpressureError."""
+        buffer = ChunkBuffer(self.config.stream_buffer_s, STREAM_LIMIT_FACTOR * self.config.stream_buffer_s)
+        job = self._admit(request, buffer.push, False, buffer)
+        return AudioStream(job.future, buffer)
+
+    def _admit(self, request: Request, emit, keep_audio: bool, buffer: ChunkBuffer | None) -> Job:
+        self.check(request)  # everything the request can be checked for, before it takes a slot
+        gen = torch.Generator().manual_seed(request.seed if request.seed is not None else _fresh_seed())
+        steps = plan_steps(request, native_speed=self.backend.native_speed)
+        job = Job(request=request, steps=steps, timeline=Timeline(op=request.op), future=Future(), generator=gen,
+                  emit=emit, keep_audio=keep_audio or emit is None, backend=self.backend.name,
+                  heartbeat=self._q.beat, buffer=buffer)
+        job.current = job.source = _input_of(request)
+        job.future.job = job  # type: ignore[attr-defined]  # lets callers cancel
+        if buffer is not None:
+            buffer.job = job
+        self._q.admit(job)
+        self._gauges()
+        return job
+
+    def check(self, request: Request) -> None:
+        """Raise ValidationError / BackendUnsupportedError for a request this engine would refuse:
+        input audio shorter than `min_prompt_s`, a clone prompt longer than `max_prompt_s`, an
+        edit input longer than `max_audio_seconds`, and whatever the backend cannot run (for
+        editx: a prompt too long for the LM window)."""
+        audio, cfg = _input_of(request), self.config
+        what = "prompt audio" if isinstance(request, CloneRequest) else "audio to edit"
+        if audio.duration_s < cfg.min_prompt_s:
+            raise ValidationError(f"the {what} is {audio.duration_s:.2f} s; the minimum is {cfg.min_prompt_s:g} s "
+                                  "(min_prompt_s): record a longer clip")
+        limit, name = ((cfg.max_prompt_s, "max_prompt_s") if isinstance(request, CloneRequest)
+                       else (cfg.max_audio_seconds, "max_audio_seconds"))
+        if audio.duration_s > limit:
+            raise ValidationError(f"the {what} is {audio.duration_s:.1f} s; the maximum is {limit:g} s ({name}): "
+                                  "use a shorter clip")
+        self.backend.check(request)
 
     def warm_prompt(self, audio: PromptAudio) -> str:
-        """Encode a prompt into the cache now (voice registration); returns the cache outcome."""
+        """Encode a prompt into the cache now (voice registration); returns the cache outcome.
+        While another process computes the same entry, this waits here, on the caller's thread,
+        never on the worker's (up to the cache's lock_wait_s, then computes it itself)."""
         if self.cache is None:
             return "off"
-        _, _, outcome = self._call(lambda: self._cached_encoding(audio))
-        return outcome
-
-    def _cached_encoding(self, audio: PromptAudio, timeline: Timeline | None = None):
-        """(key, cache entry, outcome) of `audio`'s prompt encoding: the cache, or the backend on a miss."""
-        from editx.pipeline.backends import prompt_cache_key
-
-        key = prompt_cache_key(self.backend, audio)
-        entry, outcome = self.cache.get_or_compute(
-            key, lambda: self.backend.to_entry(self.backend.encode_prompt(audio, timeline)))
-        get_metrics().observe_cache_outcome(outcome, self.cache.tiers)
-        return key, entry, outcome
+        started = time.monotonic()
+        while True:
+            force = time.monotonic() - started >= self.cache.lock_wait_s
+            try:
+                _, _, outcome = self._call(lambda force=force: self._rounds.cached_encoding(audio, force=force))
+                return outcome
+            except CacheBusy:
+                time.sleep(self.cache.poll_s)
 
     def describe(self) -> dict[str, Any]:
         """What is loaded: backend, model dir, output rate (for /v1/models, the UI, logs)."""
@@ -180,22 +220,49 @@ class Engine:
 
     @staticmethod
     def cancel(future: Future) -> None:
-        future.job.cancelled.set()  # type: ignore[attr-defined]
+        future.job.cancel()  # type: ignore[attr-defined]
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests admitted and not yet taken by the worker."""
+        return self._q.depth
+
+    def health(self) -> dict[str, Any]:
+        """The worker's state for /healthz: `alive` (running, not closed, not stuck), `stuck` (no
+        progress for more than `stuck_after_s` while requests are pending), `heartbeat_age_s`,
+        `queue_depth` (waiting), `in_flight` (with the worker), `streams` (open streaming requests)."""
+        age = time.monotonic() - self._q.beat_at
+        stuck = self._q.admitted > 0 and age > self.config.stuck_after_s
+        running = self._worker.is_alive()
+        return {"alive": running and not self._q.closed and not stuck, "stuck": stuck, "closed": self._q.closed,
+                "worker_running": running, "heartbeat_age_s": round(age, 3), "queue_depth": self._q.depth,
+                "in_flight": max(0, self._q.admitted - self._q.depth), "streams": self._q.streams}
 
     @property
     def alive(self) -> bool:
-        """True while the model worker can take requests (not closed, its thread running)."""
-        return not self._closed and self._worker.is_alive()
+        """True while the model worker can take requests: not closed, its thread running, not stuck."""
+        return bool(self.health()["alive"])
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put(_STOP)
-            self._worker.join(timeout=30)
+    def close(self, grace_s: float | None = None) -> None:
+        """Stop admitting at once; let admitted requests finish for up to `grace_s` seconds (default
+        `close_grace_s`), then fail what is left with EngineClosedError. Returns once the worker
+        stopped (or could not be stopped within CLOSE_MARGIN_S more; its requests are failed anyway)."""
+        grace = self.config.close_grace_s if grace_s is None else max(0.0, grace_s)
+        if self._q.close():
+            self._deadline = time.monotonic() + grace
+            log.info("engine closing", extra={"grace_s": grace, "pending": self._q.admitted})
+        self._worker.join(timeout=max(0.0, self._deadline - time.monotonic()) + 0.1)
+        if self._worker.is_alive():  # a round still runs: stop it at its next token
+            for job in list(self._active):
+                job.cancel(self._closed_error(grace))
+            self._worker.join(timeout=CLOSE_MARGIN_S)
+        if self._worker.is_alive():
+            log.error("the engine's worker did not stop; failing its requests from here")
+            self._fail_everything(self._closed_error(grace))
+
+    def _closed_error(self, grace: float | None = None) -> EngineClosedError:
+        g = self.config.close_grace_s if grace is None else grace
+        return EngineClosedError(f"the engine closed before this request finished (grace period {g:g} s); retry")
 
     def __enter__(self) -> Engine:
         return self
@@ -205,162 +272,84 @@ class Engine:
 
     # ---- worker -------------------------------------------------------------------------------
     def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the worker thread (model state is only touched there) and wait for it."""
-        fut: Future = Future()
-        self._queue.put(("call", fn, fut))
-        return fut.result()
+        """Run `fn` on the worker thread (model state is only touched there) and wait for it.
+        Raises EngineClosedError at once on a closed engine, or if the worker stops meanwhile."""
+        return self._q.call(fn).result()
 
     def _run_worker(self) -> None:
-        active: list[Job] = []
-        while True:
-            block = not active
-            try:
-                item = self._queue.get(block=block)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                for job in active:
-                    _fail(job, EditxError("engine closed"))
-                return
-            if isinstance(item, tuple):
-                _, fn, fut = item
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                    fut.set_exception(exc)
-                continue
-            if item is not None:
-                active.append(item)
-            while len(active) < self.config.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
+        error: BaseException | None = None
+        try:
+            while True:
+                self._q.beat()
+                for fn, fut in self._q.take_calls():
+                    _run_call(fn, fut)
+                if self._deadline is not None and (time.monotonic() >= self._deadline or
+                                                   not (self._active or self._q.has_work)):
                     break
-                if more is _STOP or isinstance(more, tuple):
-                    self._queue.put(more)  # handle it after this round
-                    break
-                active.append(more)
-            active = self._round(active)
+                batch = self._next_batch()
+                if batch:
+                    self._rounds.run(batch)
+                    self._active[:] = [j for j in self._active if not j.future.done()]
+                else:
+                    self._q.wait(PARKED_POLL_S if self._active else None)
+                self._gauges()
+        except BaseException as exc:  # noqa: BLE001 - a bug in the loop: fail everything, never hang
+            error = exc
+            log.exception("the engine's worker stopped")
+        finally:
+            self._q.close()
+            if error is None:
+                self._fail_everything(self._closed_error())
+            else:
+                self._fail_everything(EngineClosedError(f"the engine's worker stopped ({error!r}); retry"))
+            self._gauges()
 
-    def _round(self, jobs: list[Job]) -> list[Job]:
-        """Prepare every job's prompt, run one backend round, settle finished jobs."""
-        ready: list[Job] = []
-        for job in jobs:
+    def _next_batch(self) -> list[Job]:
+        """The jobs for the next round: a job marked solo alone; otherwise the runnable held jobs
+        (not paused by their reader, not settled meanwhile) topped up from the queue to max_batch."""
+        runnable = []
+        for job in self._active:
+            if job.future.done():
+                continue
             if job.cancelled.is_set():
-                _fail(job, CancelledError("request cancelled by its caller"))
-                continue
-            try:
-                if job.parts is None:
-                    self._plan_parts(job)
-                self._prepare(job)
-                ready.append(job)
-            except BaseException as exc:  # noqa: BLE001 - one bad request never stops the worker
-                _fail(job, exc)
-        if not ready:
-            return []
-        remaining: list[Job] = []
-        settled: set[int] = set()
+                job.fail(job.cancel_error or CancelledError("request cancelled by its caller"))
+            elif job.buffer is not None and job.buffer.paused:
+                if job.buffer.idle_s > self.config.stream_stall_s:
+                    job.fail(StreamBackpressureError(
+                        f"the stream's reader read nothing for {job.buffer.idle_s:.0f} s with "
+                        f"{job.buffer.unread_s:.1f} s of audio waiting (stream_stall_s); the request was cancelled"))
+            else:
+                runnable.append(job)
+        solo = next((j for j in runnable if j.solo), None)
+        if solo is not None:
+            return [solo]
+        batch = runnable[: self.config.max_batch]
+        new = self._q.take_jobs(self.config.max_batch - len(batch))
+        self._active.extend(new)
+        return batch + new
 
-        def done(job: Job) -> None:  # the backend calls this as soon as a job's round is over
-            if id(job) not in settled:
-                settled.add(id(job))
-                if self._advance(job):
-                    remaining.append(job)
+    def _fail_everything(self, exc: EngineClosedError) -> None:
+        jobs, calls = self._q.drain()
+        for job in list(self._active) + jobs:
+            job.fail(exc)
+        for _fn, fut in calls:
+            if not fut.done():
+                fut.set_exception(exc)
 
-        try:
-            self.backend.run_round(ready, done)
-        except BaseException as exc:  # noqa: BLE001
-            log.exception("backend round failed") if not isinstance(exc, EditxError) else None
-            for job in ready:
-                if id(job) not in settled:
-                    _fail(job, exc)
-            return remaining
-        for job in ready:
-            done(job)
-        return remaining
+    def _gauges(self) -> None:
+        m = get_metrics()
+        m.queue_depth.set(self._q.depth)
+        m.in_flight.set(max(0, self._q.admitted - self._q.depth))
 
-    def _advance(self, job: Job) -> bool:
-        """After a round: close the part (and the step), settle a finished request; True when the job
-        has another round to run (the next part, or the next step)."""
-        if job.future.done():  # the backend failed or cancelled this one alone
-            return False
-        try:
-            job.end_part()
-            if job.part + 1 < len(job.parts):  # the next text segment or clip part of this step
-                job.part += 1
-                self._enter_part(job)
-                return True
-            job.output = job.end_step()
-        except BaseException as exc:  # noqa: BLE001
-            _fail(job, exc)
-            return False
-        job.iteration += 1
-        job.parts = None
-        if job.iteration < len(job.steps):
-            job.current = job.source = PromptAudio(job.output, self.backend.sample_rate)
-            job.prompt = None
-            return True
-        self._finish(job)
-        return False
-
-    def _plan_parts(self, job: Job) -> None:
-        from editx.pipeline.longform import plan_parts
-
-        parts, pause = plan_parts(job.steps[job.iteration], job.source, self.config, self.backend)
-        job.begin_step(parts, self.backend.sample_rate, pause)
-        self._enter_part(job)
-
-    @staticmethod
-    def _enter_part(job: Job) -> None:
-        """Point the job at its current part: a clip part is a new input (new prompt); a text
-        segment keeps the step's input and its prompt encoding."""
-        audio = job.parts[job.part][1]
-        if audio is not None:
-            job.current, job.prompt = audio, None
-        elif job.current is not job.source:
-            job.current, job.prompt = job.source, None
-
-    def _prepare(self, job: Job) -> None:
-        """Prompt encoding for this round, through the cache (first round only: later rounds'
-        inputs are this request's own intermediate outputs, which nobody will ask for again)."""
-        if job.prompt is not None:
-            return
-        if not self.backend.needs_prompt(job.step):
-            return
-        tl = job.timeline
-        if job.iteration > 0 or self.cache is None or job.current is not job.source:
-            with tl.stage("prompt_encode", cache="off" if self.cache is None else "bypass"):
-                job.prompt = self.backend.encode_prompt(job.current, tl)
-            return
-        with tl.stage("prompt_encode") as st:
-            job.cache_key, entry, outcome = self._cached_encoding(job.current, tl)
-            st["cache"] = outcome
-        tl.set_cache("prompt", outcome)
-        job.prompt = self.backend.from_entry(entry)
-
-    def _finish(self, job: Job) -> None:
-        audio = job.output
-        snap = job.timeline.finish(audio_s=job.output_samples / self.backend.sample_rate, lm_tokens=job.lm_tokens)
-        timeline = snap.to_dict()
-        result = Result(audio=audio, sample_rate=self.backend.sample_rate, timeline=timeline,
-                        backend=self.backend.name, lm_tokens=job.lm_tokens, iterations=job.rounds)
-        get_metrics().observe_timeline(timeline, backend=self.backend.name, status="ok")
-        log_event(log, "request", op=job.request.op, backend=self.backend.name, status="ok",
-                  audio_s=round(snap.audio_s or 0.0, 3), total_s=round(snap.total_s, 3),
-                  rtf=None if snap.rtf is None else round(snap.rtf, 3), cache=dict(snap.cache),
-                  lm_tokens=job.lm_tokens, rounds=len(job.rounds))
-        job.future.set_result(result)
+def _run_call(fn: Callable[[], Any], fut: Future) -> None:
+    try:
+        fut.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        fut.set_exception(exc)
 
 
-def _fail(job: Job, exc: BaseException) -> None:
-    if job.future.done():
-        return
-    status = "cancelled" if isinstance(exc, CancelledError) else "error"
-    if not isinstance(exc, EditxError):
-        log.error("request failed: %s", exc, exc_info=exc)
-    log_event(log, "request", op=job.request.op, status=status, error=str(exc))
-    get_metrics().observe_timeline(job.timeline.finish().to_dict(), status=status)
-    job.future.set_exception(exc)
+def _input_of(request: Request) -> PromptAudio:
+    return request.prompt_audio if isinstance(request, CloneRequest) else request.audio
 
 
 def _fresh_seed() -> int:

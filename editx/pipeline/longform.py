@@ -23,17 +23,17 @@ Part = tuple[Step, PromptAudio | None]  # the step for this part; its own input 
 def plan_parts(step: Step, source: PromptAudio, config: EngineConfig, backend) -> tuple[list[Part], float]:
     """The parts of `step` (one part when nothing needs cutting) and the pause (s) between them.
 
-    Backends opt in: `segments_text` (True: split long texts here) and `edit_window_s` (clips longer
+    Backends say `segments_text` (True: split long texts here) and `edit_window_s` (clips longer
     than this many seconds are edited in parts; None: any length).
     """
     parts: list[Part] = [(step, None)]
     pause = config.segment_pause_s
-    if step.op == "clone" and getattr(backend, "segments_text", False):
+    if step.op == "clone" and backend.segments_text:
         max_chars, lang = text_budget(step.text, config.segment_max_chars)
         segments = split_text(step.text, max_chars=max_chars, min_chars=min(40, max_chars // 2), lang=lang)
         if len(segments) > 1:
             parts = [(replace(step, text=t), None) for t in segments]
-    window = getattr(backend, "edit_window_s", None)
+    window = backend.edit_window_s
     if step.op == "edit" and window and source.duration_s > window:
         parts, pause = clip_parts(step, source, window), 0.0
     if len(parts) > 1:

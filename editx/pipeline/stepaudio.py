@@ -8,12 +8,13 @@ Holds no per-request state: everything request-specific lives on the Engine's Jo
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
 
 from editx.config import EngineConfig, resolve_device, resolve_dtype
-from editx.errors import EditxError
+from editx.errors import EditxError, ValidationError
 from editx.pipeline.prompt import FEATURE_VERSION, PromptEncoding, encode_prompt
 from editx.pipeline.types import OUTPUT_SAMPLE_RATE, PromptAudio
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 WARMUP_TOKENS = 15  # 3 flow rows: enough for every kernel shape class
 WARMUP_GROUP = (0, 0, 1024, 1024, 1024)  # one group of mixed ids (2 vq02 + 3 vq06)
 STREAM_SEED_SALT = 0x5EED_0F_A0D10  # a streamed round's vocoder generator: request seed ^ this
+AUDIO_TOKENS_PER_S = 25 + 50 / 3  # mixed prompt tokens: vq06 at 25 Hz + vq02 at 16.67 Hz
+MIN_ROOM_TOKENS = 64  # a prompt must leave at least this much of the LM window for text and output
 
 
 class StepAudioBackend:
@@ -42,6 +45,7 @@ class StepAudioBackend:
     @classmethod
     def load(cls, config: EngineConfig) -> StepAudioBackend:
         from editx.decoder import load_decoder
+        from editx.doctor import require_loadable
         from editx.hub import resolve_model_dir
         from editx.lm.loader import load_step1
         from editx.lm.text_tokenizer import TextTokenizer
@@ -49,6 +53,7 @@ class StepAudioBackend:
 
         if config.model_dir is None:
             raise EditxError("the editx backend needs --model-dir (or EDITX_MODEL_DIR)")
+        require_loadable(config.model_dir)  # header-only checks: refuse with `editx doctor`'s lines
         paths = resolve_model_dir(config.model_dir)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
@@ -84,7 +89,20 @@ class StepAudioBackend:
         return True
 
     def check(self, request) -> None:
-        """Everything the upstream model does is supported; requests validate themselves."""
+        """Everything the upstream model does is supported; a clone prompt must leave room in the LM
+        window (prompt audio tokens alone, an upper bound: silence is trimmed before tokenizing)."""
+        from editx.pipeline.types import CloneRequest
+
+        if not isinstance(request, CloneRequest):
+            return  # long clips are edited in parts of edit_window_s
+        window = (request.sampling or self.config.sampling).max_length
+        seconds = request.prompt_audio.duration_s
+        tokens = math.ceil(seconds * AUDIO_TOKENS_PER_S)
+        if tokens >= window - MIN_ROOM_TOKENS:
+            limit = (window - MIN_ROOM_TOKENS) / AUDIO_TOKENS_PER_S
+            raise ValidationError(
+                f"the prompt audio is {seconds:.1f} s, about {tokens} LM tokens; the LM window holds {window} "
+                f"(max_length), so a prompt must stay under {limit:.0f} s: use a shorter clip (10-30 s is plenty)")
 
     def needs_prompt(self, step) -> bool:
         return True  # every clone and edit round conditions on its input's encoding
@@ -115,16 +133,24 @@ class StepAudioBackend:
     def run_round(self, jobs, done=None) -> None:
         """One LM batch for all jobs, then flow + vocoder per job; `done(job)` as each one's audio is
         ready, so the Engine settles it without waiting for the rest of the batch."""
-        prompts, prefixes = zip(*(self._lm_prompt(job) for job in jobs))
-        outputs = self._generate(jobs, list(prompts), list(prefixes))
+        prompts: list[list[int]] = []
+        prefixes: list = []
+        for job in jobs:  # a prompt that cannot be built fails its job alone
+            try:
+                prompt, prefix = self._lm_prompt(job)
+            except Exception as exc:  # noqa: BLE001
+                job.fail(exc)
+                prompt, prefix = [], None
+            prompts.append(prompt)
+            prefixes.append(prefix)
+        outputs = self._generate(jobs, prompts, prefixes)
         for job, ids in zip(jobs, outputs):
             if ids is None:
                 continue  # cancelled during decoding; already settled
             try:
                 self._decode(job, ids)
             except Exception as exc:  # noqa: BLE001 - fail this job only
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                job.fail(exc)
             if done is not None:
                 done(job)
 
@@ -171,51 +197,57 @@ class StepAudioBackend:
         results: list[list[int] | None] = [None] * len(jobs)
         hit_prefix = [False] * len(jobs)
         streams = {}
-        for i, job in enumerate(jobs):
-            if job.streaming:
-                try:
-                    streams[i] = self._open_stream(job)
-                except Exception as exc:  # noqa: BLE001 - fail this job only, before it takes a slot
-                    job.future.set_exception(exc)
-        streamed: dict[int, list[np.ndarray]] = {i: [] for i in streams}
-        for i, (job, prompt, pre) in enumerate(zip(jobs, prompts, prefixes)):
-            if job.future.done():
-                continue
-            sampling = self._sampling(job)
-            snap = pre[1] if pre is not None else None
-            hit_prefix[i] = snap is not None
-            owner[session.add(prompt, sampling=sampling, generator=job.generator, prefix=snap)] = i
+        streamed: dict[int, list[np.ndarray]] = {}
         t_start = [job.timeline.elapsed() for job in jobs]
         t0 = time.perf_counter()
         first_step, t_prefill = True, 0.0
-        while owner:
-            events = session.step()
-            if first_step:
-                t_prefill, first_step = time.perf_counter() - t0, False
-                self._store_prefixes(session, jobs, owner, prefixes, hit_prefix)
-            for ev in events:
-                i = owner.get(ev.slot)
-                if i is None:
+        try:  # every slot this round takes is released when it ends, however it ends
+            for i, (job, prompt, pre) in enumerate(zip(jobs, prompts, prefixes)):
+                if job.future.done():
                     continue
-                job = jobs[i]
-                cap = self._sampling(job).max_new_tokens
-                done = ev.finished or (cap is not None and len(session.result(ev.slot)) >= cap)
-                try:
-                    job.check_cancelled()  # a stream consumer that went away stops the work here
-                    if i in streams:
-                        streamed[i] += self._stream_token(job, streams[i], ev.token, done)
-                except Exception as exc:  # noqa: BLE001 - fail (or cancel) this job only
-                    session.release(ev.slot)
-                    del owner[ev.slot]
+                try:  # a job that cannot start (stream set-up, a prompt the LM refuses) fails alone
+                    if job.streaming:
+                        streams[i] = self._open_stream(job)
+                        streamed[i] = []
+                    snap = pre[1] if pre is not None else None
+                    owner[session.add(prompt, sampling=self._sampling(job), generator=job.generator,
+                                      prefix=snap)] = i
+                    hit_prefix[i] = snap is not None
+                except Exception as exc:  # noqa: BLE001
                     streams.pop(i, None)
-                    job.future.set_exception(exc)
-                    continue
-                if done:
-                    results[i] = session.result(ev.slot)
-                    if i in streamed:
-                        job.output = np.concatenate(streamed[i])
-                    session.release(ev.slot)
-                    del owner[ev.slot]
+                    job.fail(exc)
+            while owner:
+                events = session.step()
+                if first_step:
+                    t_prefill, first_step = time.perf_counter() - t0, False
+                    self._store_prefixes(session, jobs, owner, prefixes, hit_prefix)
+                for ev in events:
+                    i = owner.get(ev.slot)
+                    if i is None:
+                        continue
+                    job = jobs[i]
+                    job.heartbeat()
+                    cap = self._sampling(job).max_new_tokens
+                    done = ev.finished or (cap is not None and len(session.result(ev.slot)) >= cap)
+                    try:
+                        job.check_cancelled()  # a stream consumer that went away stops the work here
+                        if i in streams:
+                            streamed[i] += self._stream_token(job, streams[i], ev.token, done)
+                    except Exception as exc:  # noqa: BLE001 - fail (or cancel) this job only
+                        session.release(ev.slot)
+                        del owner[ev.slot]
+                        streams.pop(i, None)
+                        job.fail(exc)
+                        continue
+                    if done:
+                        results[i] = session.result(ev.slot)
+                        if i in streamed:
+                            job.output = np.concatenate(streamed[i])
+                        session.release(ev.slot)
+                        del owner[ev.slot]
+        finally:
+            for slot in list(owner):
+                session.release(slot)
         total = time.perf_counter() - t0
         for i, job in enumerate(jobs):
             n = len(results[i] or ())
@@ -278,11 +310,18 @@ class StepAudioBackend:
         """The benchmark baseline: one request at a time, HF-generate style (no static cache)."""
         from editx.lm.naive import generate_naive
 
-        out = []
+        out: list[list[int] | None] = []
         for job, prompt in zip(jobs, prompts):
             t0 = job.timeline.elapsed()
-            ids = generate_naive(self.lm, prompt, sampling=self._sampling(job),
-                                 generator=job.generator)
+            try:
+                ids = None if job.future.done() else generate_naive(self.lm, prompt, sampling=self._sampling(job),
+                                                                   generator=job.generator)
+            except Exception as exc:  # noqa: BLE001 - fail this job only
+                job.fail(exc)
+                ids = None
+            if ids is None:
+                out.append(None)
+                continue
             job.timeline.add_stage("lm_generate", t0, job.timeline.elapsed() - t0, loop="naive", tokens=len(ids),
                                    prompt_tokens=len(prompt))
             out.append(ids)
@@ -339,10 +378,10 @@ class StepAudioBackend:
         sampling = replace(self.config.sampling, max_new_tokens=WARMUP_TOKENS)
         req = CloneRequest(PromptAudio(samples, 16000), "warm up", "warm up", seed=0, sampling=sampling)
         job = Job(request=req, steps=plan_steps(req, native_speed=False), timeline=Timeline(op="warmup"),
-                  future=Future(), generator=torch.Generator().manual_seed(0))
+                  future=Future(), generator=torch.Generator().manual_seed(0), backend=self.name)
         job.current = req.prompt_audio
         job.prompt = self.encode_prompt(job.current)
-        self.run_round([job])
+        self.run_round([job], lambda _job: None)
         if job.future.done():
             job.future.result()  # surface a warm-up failure
         # the streaming decode too: its setup and chunk shapes differ from the offline flow's

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
+from editx.config import env_overrides, env_value
+
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("EDITX_DATA_DIR") or platformdirs.user_data_dir("editx"))
+    return env_value("EDITX_DATA_DIR") or Path(platformdirs.user_data_dir("editx"))
 
 
 @dataclass(frozen=True)
@@ -30,22 +31,7 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls, **overrides) -> ServerSettings:
-        env: dict = {}
-        if v := os.environ.get("EDITX_API_KEYS"):
-            env["api_keys"] = frozenset(k.strip() for k in v.split(",") if k.strip())
-        if v := os.environ.get("EDITX_CORS_ORIGINS"):
-            env["cors_origins"] = tuple(o.strip() for o in v.split(",") if o.strip())
-        if v := os.environ.get("EDITX_URL_ALLOWLIST"):
-            env["url_allowlist"] = tuple(o.strip() for o in v.split(",") if o.strip())
-        if v := os.environ.get("EDITX_MAX_REQUEST_BYTES"):
-            env["max_request_bytes"] = int(v)
-        if v := os.environ.get("EDITX_MAX_AUDIO_SECONDS"):
-            env["max_audio_seconds"] = float(v)
-        if v := os.environ.get("EDITX_REQUIRE_VOICE_CONSENT"):
-            env["require_consent"] = v.lower() in ("1", "true", "yes", "on")
-        if v := os.environ.get("EDITX_BUILTIN_VOICES"):
-            env["builtin_voices"] = v.lower() in ("1", "true", "yes", "on")
-        if v := os.environ.get("EDITX_WARM_BUILTIN_VOICES"):
-            env["warm_builtin_voices"] = v.lower() in ("1", "true", "yes", "on")
+        """Defaults, then EDITX_* variables (editx.config.ENV_TABLE), then explicit (non-None) overrides."""
+        env = env_overrides("server")
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 
 import numpy as np
 import soundfile as sf
@@ -166,7 +165,9 @@ class RedisVoiceStore:
 def make_voice_store(settings, redis_url: str | None = None) -> VoiceStore:
     """Redis when a URL is given (`EDITX_VOICES_URL`, else `redis_url`, else `EDITX_REDIS_URL`), SQLite
     under `settings.data_dir` otherwise. Several replicas must share the Redis one."""
-    url = os.environ.get("EDITX_VOICES_URL") or redis_url or os.environ.get("EDITX_REDIS_URL")
+    from editx.config import env_value
+
+    url = env_value("EDITX_VOICES_URL") or redis_url or env_value("EDITX_REDIS_URL")
     if url:
         log.info("voice registry: redis", extra={"prefix": DEFAULT_PREFIX})
         return RedisVoiceStore(url)

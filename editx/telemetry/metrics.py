@@ -94,17 +94,20 @@ class Metrics:
             registry=r,
         )
         self.requests_total = prom.Counter(
-            "editx_requests", "Requests finished, by operation and status", ["op", "status"], registry=r
+            "editx_requests", "Requests settled, by operation, status and backend", ["op", "status", "backend"],
+            registry=r
         )
         self.cache_lookups_total = prom.Counter(
             "editx_cache_lookups", "Prompt-cache lookups per tier", ["tier", "result"], registry=r
         )
+        # set by the Engine itself whenever they change (admission, every worker loop)
         self.queue_depth = prom.Gauge("editx_queue_depth", "Requests waiting in the engine queue", registry=r)
-        self.in_flight = prom.Gauge("editx_in_flight", "Requests being processed", registry=r)
+        self.in_flight = prom.Gauge("editx_in_flight", "Requests taken by the engine's worker", registry=r)
 
     def observe_cache_outcome(self, outcome: str, tiers: Iterable[str] = CACHE_TIERS) -> None:
         """Count the per-tier lookups one `get_or_compute` outcome implies: every enabled tier before the
-        one that answered missed; "miss" means every enabled tier missed. Pass `TieredCache.tiers`."""
+        one that answered missed; "miss" means every enabled tier missed. Pass `TieredCache.tiers`
+        (only tiers that exist are counted). The Engine calls this once per prompt lookup."""
         for tier in tiers:
             if tier == outcome:
                 self.cache_lookups_total.labels(tier=tier, result="hit").inc()
@@ -115,12 +118,12 @@ class Metrics:
         self,
         timeline: Mapping[str, Any],
         *,
-        backend: str = "editx",
+        backend: str,
         status: str = "ok",
-        cache_tiers: Iterable[str] = CACHE_TIERS,
     ) -> None:
-        """Feed one finished request's `Timeline.to_dict()` into the histograms and counters.
-        Nested stages (with `parent`) and instant marks are not observed as stages."""
+        """Feed one settled request's `Timeline.to_dict()` into the histograms and requests_total.
+        Nested stages (with `parent`) and instant marks are not observed as stages. Cache lookups
+        are not counted here: the Engine counts each one as it happens (observe_cache_outcome)."""
         op = str(timeline.get("op") or "unknown")
         for s in timeline.get("stages", ()):
             if s.get("instant") or s.get("parent") is not None:
@@ -132,10 +135,11 @@ class Metrics:
             self.ttfa_seconds.labels(op=op, backend=backend).observe(timeline["ttfa_s"])
         if timeline.get("rtf") is not None:
             self.rtf.labels(op=op, backend=backend).observe(timeline["rtf"])
-        tiers = tuple(cache_tiers)
-        for outcome in (timeline.get("cache") or {}).values():
-            self.observe_cache_outcome(outcome, tiers)
-        self.requests_total.labels(op=op, status=status).inc()
+        self.count_request(op, status, backend)
+
+    def count_request(self, op: str, status: str, backend: str) -> None:
+        """One settled request (also for a caller that refuses a request before the Engine sees it)."""
+        self.requests_total.labels(op=op, status=status, backend=backend).inc()
 
     def render_latest(self) -> tuple[bytes, str]:
         """(body, content type) for a /metrics endpoint."""

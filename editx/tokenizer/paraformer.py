@@ -26,6 +26,7 @@ from torch import nn
 
 from editx.errors import ModelFilesError
 from editx.tokenizer import frontend
+from editx.torchfile import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ LAYER_NORM_EPS = 1e-12  # FunASR LayerNorm
 PE_TIMESCALE = 10000.0
 ENCODER_CLASS = "SANMEncoderChunkOpt"
 ENCODER_PREFIX = "encoder."
+# Rule: model.pt holds the whole ASR model. Only `encoder.*` is used (upstream runs infer_encoder and
+# nothing after it); the ASR decoder and the CIF predictor are skipped by name. Any other key fails
+# the load, so a tensor we do not know about is never dropped silently.
+UNUSED_PREFIXES = ("decoder.", "predictor.")
 
 
 @dataclass(frozen=True)
@@ -269,10 +274,19 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> np.ndarray:
 
 def build_encoder(cfg: ParaformerConfig, state: dict[str, torch.Tensor], *, source: Path,
                   device: str | torch.device = "cpu") -> SanmEncoder:
-    """Meta-built encoder filled from the `encoder.*` keys; every other key (decoder, predictor) is ignored."""
+    """Meta-built encoder filled from the `encoder.*` keys (see UNUSED_PREFIXES for the rest).
+
+    Works on meta tensors too (`editx doctor` checks a model.pt's index this way, reading no weight).
+    """
     with torch.device("meta"):
         encoder = SanmEncoder(cfg)
     wanted = encoder.state_dict().keys()
+    unknown = sorted(k for k in state if not k.startswith((ENCODER_PREFIX,) + UNUSED_PREFIXES))
+    if unknown:
+        raise ModelFilesError(f"{source}: unexpected tensor(s) {', '.join(unknown[:3])}"
+                              f"{f' (+{len(unknown) - 3} more)' if len(unknown) > 3 else ''}; a Paraformer "
+                              "model.pt holds only encoder.*, decoder.* and predictor.* keys: re-download "
+                              "Step-Audio-Tokenizer")
     ours = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     ignored = len(state) - len(ours)
     missing = sorted(set(wanted) - set(ours))
@@ -283,6 +297,10 @@ def build_encoder(cfg: ParaformerConfig, state: dict[str, torch.Tensor], *, sour
             f"({len(missing)} missing, e.g. {', '.join(ENCODER_PREFIX + k for k in missing[:3]) or '-'}; "
             f"{len(unexpected)} unexpected, e.g. {', '.join(ENCODER_PREFIX + k for k in unexpected[:3]) or '-'})"
             "; use the model.pt and config.yaml from the same Step-Audio-Tokenizer download")
+    not_float = sorted(k for k, v in ours.items() if not v.dtype.is_floating_point)
+    if not_float:
+        raise ModelFilesError(f"{source}: {ENCODER_PREFIX}{not_float[0]} is {ours[not_float[0]].dtype}, not a "
+                              "float tensor; re-download Step-Audio-Tokenizer")
     expected_shapes = {k: v.shape for k, v in encoder.state_dict().items()}
     for key, tensor in ours.items():
         if tuple(tensor.shape) != tuple(expected_shapes[key]):
@@ -322,22 +340,19 @@ def read_yaml(path: Path) -> dict:
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A FunASR model.pt: a tensor dict, possibly under "state_dict"/"model", keys maybe "module."-prefixed."""
-    if not path.is_file():
-        raise ModelFilesError(f"missing {path} (Paraformer weights); re-download Step-Audio-Tokenizer")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) serialization cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFilesError(f"cannot read {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
-                              "the file is damaged or incomplete, re-download it") from exc
+    """A FunASR model.pt as a tensor dict (see `state_from_checkpoint` for the unwrapping rules)."""
+    obj = load_torch_file(path, "Paraformer weights")
+    return state_from_checkpoint(obj, path)
+
+
+def state_from_checkpoint(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a loaded model.pt. Rules: a dict under "state_dict" or "model" is unwrapped
+    (FunASR training checkpoints); a "module." prefix is removed only when every key has it (DataParallel)."""
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelFilesError(f"{path} does not hold a tensor state dict")
-    return {(k.removeprefix("module.")): v for k, v in obj.items()}
+    if obj and all(k.startswith("module.") for k in obj):
+        return {k.removeprefix("module."): v for k, v in obj.items()}
+    return dict(obj)

@@ -42,17 +42,34 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def onnx_inputs(session) -> list[tuple[str, str, list]]:
+    """An onnxruntime session's graph inputs as (name, element type, shape), e.g. ("feats", "float", [1, 128, "T"])."""
+    return [(i.name, i.type.removeprefix("tensor(").removesuffix(")"), list(i.shape)) for i in session.get_inputs()]
+
+
+def check_inputs(inputs: list[tuple[str, str, list]], source: str = "speech_tokenizer_v1.onnx") -> None:
+    """The inputs upstream feeds, by position: [0] mel (1, 128, T) float, [1] its length (1,) int32.
+
+    Rule: exactly these two (an extra input would be left unfed); the first output is the codes."""
+    if len(inputs) != 2:
+        raise ModelFilesError(f"{source} takes {len(inputs)} input(s) {[i[0] for i in inputs]}; the S3 tokenizer "
+                              "takes two (mel features, their length): re-download Step-Audio-Tokenizer")
+    (name0, type0, shape0), (name1, type1, shape1) = inputs
+    if type0 != "float" or len(shape0) != 3 or (isinstance(shape0[1], int) and shape0[1] != N_MELS):
+        raise ModelFilesError(f"{source}: input 0 ({name0}) is {type0} {shape0}; expected float (1, {N_MELS}, T)")
+    if type1 != "int32" or len(shape1) != 1:
+        raise ModelFilesError(f"{source}: input 1 ({name1}) is {type1} {shape1}; expected int32 (1,)")
+
+
 class SpeechTokenizerV1:
     """onnxruntime session over speech_tokenizer_v1.onnx: 16 kHz audio -> vq06 codes."""
 
     def __init__(self, session) -> None:
         self.session = session
-        inputs = session.get_inputs()
-        if len(inputs) < 2:
-            raise ModelFilesError("speech_tokenizer_v1.onnx must take two inputs (mel features, their length); "
-                                  f"this file takes {len(inputs)}")
+        inputs = onnx_inputs(session)
+        check_inputs(inputs)
         # Upstream addresses the inputs by position: [0] mel (1, 128, T) float32, [1] length (1,) int32.
-        self.feats_name, self.length_name = inputs[0].name, inputs[1].name
+        self.feats_name, self.length_name = inputs[0][0], inputs[1][0]
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1, providers: list[str] | tuple[str, ...] | None = None
