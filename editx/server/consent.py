@@ -25,6 +25,7 @@ import soundfile as sf
 
 from editx.errors import ModelFilesError, ValidationError
 from editx.pipeline.types import PromptAudio
+from editx.server.voices import is_our_id, thread_connection
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ class Consent:
 
 
 def _check_id(consent_id: str) -> str:
-    if not (isinstance(consent_id, str) and consent_id.startswith("cons_") and len(consent_id) == 21
-            and all(c in "0123456789abcdef" for c in consent_id[5:])):
+    if not is_our_id(consent_id, "cons_"):
         raise UnknownConsentError(f"unknown consent {str(consent_id)[:60]!r}; list them with GET /v1/audio/voice_consents")
     return consent_id
 
@@ -73,12 +73,7 @@ class ConsentStore:
                              "language TEXT NOT NULL, created_at REAL NOT NULL, transcript TEXT)")
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self._db, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self._db)
 
     def add(self, name: str, language: str, audio: PromptAudio, transcript: str | None) -> Consent:
         c = Consent("cons_" + secrets.token_hex(8), name, language, time.time(), transcript)
