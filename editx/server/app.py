@@ -17,7 +17,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from editx.errors import (
@@ -49,6 +48,8 @@ class EngineHolder:
         self._loader = loader
         self._prepare = prepare  # prepare(engine) after loading (built-in voices into the prompt cache)
         self.prepared = prepare is None
+        self.stopping = threading.Event()  # set at shutdown: preparation stops early
+        self._prepare_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -67,18 +68,29 @@ class EngineHolder:
 
     def prepare(self) -> None:
         """Run `prepare` once; its failure is logged, never fatal (requests then warm what they use)."""
-        if self.prepared or self.engine is None:
-            return
-        try:
-            self._prepare(self.engine)
-        except Exception:
-            log.exception("start-up preparation failed; serving anyway")
-        finally:
-            self.prepared = True
+        with self._prepare_lock:
+            if self.prepared or self.engine is None:
+                return
+            try:
+                self._prepare(self.engine, self.stopping)
+            except Exception:
+                if not self.stopping.is_set():
+                    log.exception("start-up preparation failed; serving anyway")
+            finally:
+                self.prepared = True
+
+    def prepare_in_background(self) -> None:
+        if not self.prepared and self.engine is not None:
+            threading.Thread(target=self.prepare, name="editx-prepare", daemon=True).start()
+
+    @property
+    def serving(self) -> bool:
+        """Requests are taken (the engine is loaded); `ready` also waits for the start-up preparation."""
+        return self.engine is not None and getattr(self.engine, "ready", False)
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and getattr(self.engine, "ready", False) and self.prepared
+        return self.serving and self.prepared
 
 
 def error_response(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
@@ -158,10 +170,10 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        holder.start()
-        if holder.engine is not None:  # given loaded: warm before serving (the loader path warms after loading)
-            await run_in_threadpool(holder.prepare)
+        holder.start()  # loads, then prepares, in the background
+        holder.prepare_in_background()  # an engine given loaded: prepare now (/readyz waits for it)
         yield
+        holder.stopping.set()
 
     app = FastAPI(title="editx", version="0.1.0", lifespan=lifespan,
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
@@ -227,7 +239,7 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
 def engine_of(request: Request):
     """The loaded engine, or a 503 telling the client to retry."""
     holder: EngineHolder = request.app.state.holder
-    if not holder.ready:
+    if not holder.serving:
         msg = f"model failed to load: {holder.error}" if holder.error else "model is loading; retry shortly"
         raise _NotReady(msg)
     return holder.engine

@@ -107,10 +107,12 @@ def with_builtins(store) -> StoreWithBuiltins:
     return store if isinstance(store, StoreWithBuiltins) else StoreWithBuiltins(store, BuiltinVoices())
 
 
-def warm(engine, store: StoreWithBuiltins) -> dict[str, str]:
-    """Encode every built-in voice into the prompt cache (start-up); name → cache outcome."""
+def warm(engine, store: StoreWithBuiltins, stop: threading.Event | None = None) -> dict[str, str]:
+    """Encode every built-in voice into the prompt cache (start-up; until `stop` is set); name → outcome."""
     outcomes = {}
     for name in store.builtins.names:
+        if stop is not None and stop.is_set():
+            break
         outcomes[name] = engine.warm_prompt(store.builtins.audio(name))
     log.info("built-in voices warmed", extra={"voices": len(outcomes)})
     return outcomes

@@ -18,7 +18,7 @@ def registry(store, settings: ServerSettings):
     store = with_builtins(store)
     if not settings.warm_builtin_voices:
         return store, None
-    return store, lambda engine: warm(engine, store)
+    return store, lambda engine, stop: warm(engine, store, stop)
 
 
 def consent_parts(settings: ServerSettings):

@@ -22,7 +22,7 @@ async def readyz(request: Request):
     holder = request.app.state.holder
     if holder.ready:
         return {"status": "ready", "backend": holder.engine.backend.name}
-    body = {"status": "failed" if holder.error else "loading"}
+    body = {"status": "failed" if holder.error else "warming" if holder.serving else "loading"}
     if holder.error:
         body["error"] = holder.error
     return JSONResponse(body, status_code=503)
