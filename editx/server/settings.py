@@ -27,7 +27,7 @@ class ServerSettings:
     builtin_voices: bool = True  # alloy, ash, … (editx.server.builtin_voices) in the registry
     warm_builtin_voices: bool = True  # encode them into the prompt cache before /readyz says ready
     require_consent: bool = False  # every voice creation (/v1/voices too) needs a matching consent recording
-    consent_threshold: float = 0.80  # GE2E same-speaker threshold (editx.server.consent, measured)
+    consent_threshold: float = 0.88  # GE2E same-speaker threshold (editx.server.consent, measured)
 
     @classmethod
     def from_env(cls, **overrides) -> ServerSettings:
