@@ -31,7 +31,7 @@ WORKDIR /opt/editx
 COPY pyproject.toml README.md ./
 COPY editx ./editx
 RUN pip install ".[${EXTRAS}]" \
-    && case ",${EXTRAS}," in *,lite,*) pip install --no-deps resemblyzer==0.1.4 silero-vad==6.2.3 ;; esac \
+    && case ",${EXTRAS}," in *,lite,*) pip install --no-deps resemblyzer==0.1.4 silero-vad==6.2.3 pyopenjtalk-plus==0.4.1.post10 sudachipy==0.7.0 ;; esac \
     && case ",${EXTRAS}," in *,cluster,*) apt-get update \
         && apt-get install -y --no-install-recommends wget \
         && rm -rf /var/lib/apt/lists/* ;; esac

@@ -19,8 +19,10 @@ from editx.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no warm-up.
-PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off", "default": "", "ours": ""}
+# The reference system: no prompt cache (re-encode every request), HF-generate-style LM loop, no
+# warm-up, upstream's one-pass flow, float32 (torch's CPU default; a bf16-capable CPU's `auto` is bf16).
+PROFILES = {"baseline": "cache=off,lm_loop=naive,warmup=off,offline_prime=off,dtype=float32", "default": "",
+            "ours": ""}
 DEFAULT_TEXT = "Benchmarks measure what a report could only estimate."
 SENTENCES = ("Benchmarks measure what a report could only estimate.",
              "Every stage is timed on the same clock, and nothing is guessed.",
@@ -134,11 +136,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of speech, e.g. 5,60: time to first audio vs full latency per text length "
                         "(streamed and offline, alternated; --all runs 5,60)")
     s.add_argument("--stream-text-runs", type=int, default=1, help="streamed + offline pairs per text length")
+    s.add_argument("--verify-texts", type=int, default=0,
+                   help="verification section: cost and retries over this many texts (needs editx[quality])")
     s.add_argument("--lm", action="store_true", help="LM tokens/s: ours vs HF-generate style vs bandwidth bound")
     s.add_argument("--lm-prompt-len", type=int, default=512)
     s.add_argument("--lm-new-tokens", type=int, default=64)
     s.add_argument("--lm-batch", type=int, default=4)
     s.add_argument("--load", action="store_true", help="peak RSS while loading, in a fresh process")
+    s.add_argument("--voices", type=Path, default=None,
+                   help="real-voice set folder (manifest.json): lite voice similarity per clip and method, "
+                        "side by side (see data/real-voices/README.md)")
+    s.add_argument("--voices-limit", type=int, default=None, help="only the first N clips of --voices")
+    s.add_argument("--memory", action="store_true",
+                   help="only the memory section: bytes per component and precision for the released model "
+                        "(meta device, no weights needed), KV cache and activations, checked against the RSS of "
+                        "loading the fixture / --model-dir")
     s.add_argument("--all", action="store_true", help="every section: sweeps, lm, load")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("editx-bench"), help="folder for bench.json/.md/.png")
@@ -284,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
     from editx.pipeline.types import PromptAudio
 
     config, fixture = base_config(args)
+    if args.memory:
+        return run_memory(args, config, fixture)
     prompt_path = args.prompt_audio or Path(__file__).parent / "assets" / "reference_en.wav"
     prompt_text = args.prompt_text or (prompt_path.with_suffix(".txt").read_text().strip()
                                        if args.prompt_audio is None else None)
@@ -307,7 +321,8 @@ def run(args: argparse.Namespace) -> int:
                    "prompt_audio": str(prompt_path), "prompt_s": reqs.prompt.duration_s, "runs": args.runs,
                    "pairs": args.pairs, "ops": args.ops, "a": a_spec, "b": b_spec, "seed": args.seed,
                    "note": args.note, "engine": _config_dict(config)},
-        "series": [], "ab": [], "stream": None, "stream_texts": [], "sweeps": {}, "lm": None, "load": None, "targets": [],
+        "series": [], "ab": [], "stream": None, "stream_texts": [], "sweeps": {}, "lm": None, "load": None, "compute": None,
+        "targets": [],
     }
     oracle = None
     if args.quality:
@@ -345,14 +360,21 @@ def run(args: argparse.Namespace) -> int:
             arms = [a for a in pool.arms if a is not main_arm] + [main_arm]  # A/B: both arms, point by point
             report["stream_texts"] = run_stream_texts(pool, arms, reqs, _csv_numbers(stream_texts),
                                                       runs=max(1, args.stream_text_runs), fixture=bool(fixture))
+        if args.verify_texts > 0:
+            from editx.bench_verify import run_verify_section
+
+            report["verify"] = run_verify_section(pool, main_arm, reqs, args.verify_texts)
         if sweeps:
             report["sweeps"] = run_sweeps(args, pool, main_arm, reqs, sorted(sweeps))
+        report["compute"] = _compute_section(pool, report)
         if args.lm or args.all:
             pool.activate(main_arm)
             report["lm"] = bench_runs.lm_section(main_arm.engine.backend, prompt_len=args.lm_prompt_len,
                                                  new_tokens=args.lm_new_tokens, batch=args.lm_batch)
         if args.load or args.all:
             report["load"] = bench_runs.probe_load(config)
+        if args.voices is not None:
+            report["voices"] = _voice_section(args, config, oracle)
     finally:
         pool.close()
         bench_runs.cleanup(workdir)
@@ -363,6 +385,63 @@ def run(args: argparse.Namespace) -> int:
     print(report_mod.markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths if p is not None))
     return 0
+
+
+def _voice_section(args, config, oracle) -> dict[str, Any]:
+    from editx.bench_voices import run_voice_section
+    from editx.config import EngineConfig
+    from editx.lite.backend import LiteBackend
+    from editx.quality import QualityOracle
+
+    search = EngineConfig.from_env()  # EDITX_LITE_SEARCH_PROBES / _BUDGET_S, as a server would run
+    lite = LiteBackend.load(threads=config.threads or 2)
+    lite.warmup()
+    return run_voice_section(args.voices, lite, oracle or QualityOracle(threads=config.threads or 2),
+                             search_probes=search.lite_search_probes, search_budget_s=search.lite_search_budget_s,
+                             limit=args.voices_limit)
+
+
+def run_memory(args, config, fixture) -> int:
+    """`editx bench --memory`: the release's memory table, and the formula checked on a real load."""
+    import json
+    import time
+
+    from editx import bench_memory, bench_runs
+    from editx.bench_report import machine_info
+
+    section: dict[str, Any] = {"release": bench_memory.release_table(max_batch=config.max_batch,
+                                                                      max_len=config.sampling.max_length,
+                                                                      flow_steps=config.flow_steps)}
+    if config.model_dir is not None and config.resolved_backend == "editx":
+        load = bench_runs.probe_load(config.with_(dtype="float32", quantize=None))
+        section.update(model_dir=str(config.model_dir), fixture=fixture, load=load)
+        if "error" not in load:
+            section["check"] = bench_memory.check_against_load(config.model_dir, load)
+    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(config), "memory": section}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "memory.json").write_text(json.dumps(report, indent=1, default=str))
+    text = "\n".join(bench_memory.markdown(section))
+    (args.out / "memory.md").write_text(text)
+    print(text)
+    print(f"wrote {args.out / 'memory.json'}, {args.out / 'memory.md'}")
+    return 0
+
+
+def _compute_section(pool, report: dict) -> dict[str, Any]:
+    """The measured matmul peaks (float32, bfloat16) and, per arm, each stage's achieved GFLOP/s
+    over its warm offline runs and the fraction of the peak of the dtype it ran in."""
+    from editx import bench_compute
+    from editx.config import resolve_device, resolve_dtype
+
+    peak = bench_compute.peaks(resolve_device(pool.arms[0].config.device) if pool.arms else "cpu")
+    arms = {}
+    for s in report["series"]:
+        arm = next(a for a in pool.arms if a.name == s["arm"])
+        dtype = str(resolve_dtype(arm.config.dtype, resolve_device(arm.config.device))).removeprefix("torch.")
+        warm = [r for r in s["runs"] if not r["cold"]] or s["runs"]
+        arms[f"{s['arm']}:{s['op']}"] = {"dtype": dtype, "quantize": arm.config.quantize,
+                                         "stages": bench_compute.summarize(warm, peak, dtype)}
+    return {"peak_gflop_s": peak, "threads": pool.arms[0].threads if pool.arms else None, "arms": arms}
 
 
 def _series(arm, op: str, runs: list, report_mod) -> dict[str, Any]:

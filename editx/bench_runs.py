@@ -202,9 +202,23 @@ def measure(pool: ArmPool, arm: Arm, request, *, stream: bool = False, quality=N
     wall = time.perf_counter() - t0
     rec = run_record(result, wall_s=wall, ttfa_s=first[0] if first else None, backend=backend)
     rec.update(arm=arm.name, streamed=stream, threads=arm.threads)
+    if not stream:  # offline stages run one after another: each one's FLOPs over its own time
+        rec["gflop"] = _stage_flops(backend).request(result.timeline)
     if quality is not None:
         rec["quality"] = score_quality(quality, result, *reference)
     return rec
+
+
+_FLOPS: dict[int, Any] = {}
+
+
+def _stage_flops(backend):
+    """One StageFlops per loaded backend (it counts the vocoder's FLOPs per frame once)."""
+    from editx.bench_compute import StageFlops
+
+    if id(backend) not in _FLOPS:
+        _FLOPS[id(backend)] = StageFlops(backend)
+    return _FLOPS[id(backend)]
 
 
 def score_quality(oracle, result, text: str, prompt_samples: np.ndarray, prompt_sr: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from editx.errors import EditxError
+from editx.verify.cli import add_verify_args, summary_lines, verify_option
 
 log = logging.getLogger("editx.cli")
 
@@ -38,9 +39,11 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="flow rows per streamed chunk, first then next (last repeats; 1 row = 40 ms; default 15,24,48)")
     g.add_argument("--no-stream-prime", action="store_true",
                    help="redo the prompt side of the streaming flow per request, as upstream (default: once per voice)")
-    g.add_argument("--offline-prime", action="store_true",
-                   help="decode offline clones against the voice's cached flow prime too (faster; close to, "
-                        "not equal to, upstream's output)")
+    g.add_argument("--exact-flow", action="store_true",
+                   help="decode offline clones in upstream's one flow pass over prompt + target (default: against "
+                        "the voice's cached flow prime, faster and within the model's own seed-to-seed variation)")
+    g.add_argument("--asr-model-dir", type=Path, default=None,
+                   help="CTranslate2 Whisper folder for verification and transcripts (default: bundled tiny.en)")
     g.add_argument("--segment-max-chars", type=int, default=None,
                    help="long texts are synthesised in sentence segments of at most this many characters")
 
@@ -54,8 +57,8 @@ def _engine_config(args: argparse.Namespace, **extra):
         flow_steps=args.flow_steps, cache_dir=args.cache_dir, redis_url=args.redis_url,
         cache_enabled=False if args.no_cache else None, warmup=False if args.no_warmup else None,
         stream_chunk_rows=args.stream_chunk_rows, stream_prime=False if args.no_stream_prime else None,
-        offline_prime=True if args.offline_prime else None,
-        segment_max_chars=args.segment_max_chars, **extra)
+        offline_prime=False if args.exact_flow else None,
+        segment_max_chars=args.segment_max_chars, asr_model_dir=args.asr_model_dir, **extra)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -89,11 +92,13 @@ def _write_result(result, out: Path, timeline_json: Path | None) -> None:
     out.write_bytes(encode_audio(result.audio, result.sample_rate, fmt))
     print(TimelineSnapshot.from_dict(result.timeline).format_table())
     print(f"wrote {out} ({result.duration_s:.2f} s, backend {result.backend})")
+    for line in summary_lines(result):
+        print(line)
     if timeline_json:
         timeline_json.write_text(json.dumps(result.timeline, indent=2))
 
 
-def _stream_to_file(engine, request, out: Path, timeline_json: Path | None = None) -> None:
+def _stream_to_file(engine, request, out: Path, timeline_json: Path | None = None, verify=None) -> None:
     import time
 
     import numpy as np
@@ -101,7 +106,7 @@ def _stream_to_file(engine, request, out: Path, timeline_json: Path | None = Non
     from editx.audio.io import wav_header
 
     t0, first, n = time.perf_counter(), None, 0
-    with open(out, "wb") as fh, engine.stream(request) as chunks:  # an interrupt cancels the request
+    with open(out, "wb") as fh, engine.stream(request, verify=verify) as chunks:  # an interrupt cancels the request
         fh.write(wav_header(engine.backend.sample_rate))
         for chunk in chunks:
             if first is None:
@@ -111,6 +116,8 @@ def _stream_to_file(engine, request, out: Path, timeline_json: Path | None = Non
             n += chunk.samples.size
     _fix_wav_sizes(out)
     print(f"wrote {out} ({n / engine.backend.sample_rate:.2f} s streamed, total {time.perf_counter() - t0:.2f} s)")
+    for line in summary_lines(chunks.result):
+        print(line)
     if timeline_json:
         timeline_json.write_text(json.dumps(chunks.result.timeline, indent=2))
 
@@ -127,10 +134,11 @@ def _fix_wav_sizes(path: Path) -> None:
 def _run_request(args: argparse.Namespace, req) -> int:
     """Load, run one request (streamed to the file as it is produced with --stream), write it."""
     with _load_engine(args) as engine:
+        verify = verify_option(args, engine.config)
         if args.stream:
-            _stream_to_file(engine, req, args.output, args.timeline_json)
+            _stream_to_file(engine, req, args.output, args.timeline_json, verify)
         else:
-            _write_result(engine.run(req), args.output, args.timeline_json)
+            _write_result(engine.run(req, verify=verify), args.output, args.timeline_json)
     return 0
 
 
@@ -151,9 +159,7 @@ def _cmd_clone(args: argparse.Namespace) -> int:
         if name is None:
             raise EditxError(f"unknown built-in voice {args.voice!r}; built-in voices: {', '.join(builtins.names)}")
         prompt_audio, prompt_text = builtins.root / builtins.voice_file(name), builtins.voice(name).prompt_text
-    if prompt_text is None:
-        if args.prompt_audio is not None:
-            raise EditxError("--prompt-text (the transcript of --prompt-audio) is required")
+    if prompt_text is None and args.prompt_audio is None:  # (a clip without one is transcribed by the ASR)
         prompt_text = DEFAULT_PROMPT.with_suffix(".txt").read_text().strip()
     if not Path(prompt_audio).is_file():
         raise EditxError(f"prompt audio {prompt_audio} does not exist")
@@ -304,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clone", help="speak TEXT in the voice of a prompt clip")
     _add_engine_args(c)
     c.add_argument("--prompt-audio", type=Path, default=None, help="reference clip (default: the bundled one)")
-    c.add_argument("--prompt-text", default=None, help="transcript of the reference clip")
+    c.add_argument("--prompt-text", default=None,
+                   help="transcript of the reference clip (left out: transcribed by the ASR, editx[quality])")
     c.add_argument("--voice", default=None, help="a built-in voice (alloy, ash, …) instead of --prompt-audio")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="text to speak (any length: long texts go in sentence segments)")
@@ -321,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("edit", help="edit a clip: emotion, style, speed, paralinguistic, denoise, vad")
     _add_engine_args(e)
     e.add_argument("--audio", type=Path, required=True)
-    e.add_argument("--audio-text", required=True, help="transcript of --audio")
+    e.add_argument("--audio-text", default=None, help="transcript of --audio (left out: transcribed by the ASR)")
     e.add_argument("--type", required=True, help="edit type (see `editx edits`)")
     e.add_argument("--info", default=None, help="edit value (see `editx edits`)")
     e.add_argument("--text", default=None, help="new text (paralinguistic edits)")
@@ -389,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("dir", type=Path, nargs="?", default=None, help="default: EDITX_MODEL_DIR")
     dr.set_defaults(func=_cmd_doctor)
 
+    from editx.cli_scripts import add_commands
+
+    add_commands(sub, _add_engine_args, lambda q: q.add_argument("--data-dir", type=Path, default=None))
+
     fx = sub.add_parser("fixtures", help="write random-weight checkpoints in the official layouts")
     fx_sub = fx.add_subparsers(dest="fixtures_command", required=True)
     mk = fx_sub.add_parser("make", help="write DIR/Step-Audio-Tokenizer and DIR/Step-Audio-EditX")
@@ -404,6 +415,7 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="write audio as it is produced; prints TTFA")
     p.add_argument("--timeline-json", type=Path, default=None, help="write the stage timeline as JSON")
+    add_verify_args(p)
 
 
 def _configure_logging(fmt: str, verbose: bool) -> None:

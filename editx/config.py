@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editx.errors import ValidationError
+from editx.verify.policy import DEFAULT_ATTEMPTS, DEFAULT_MAX_WER, DEFAULT_MIN_SPEAKER_SIM, VerifyPolicy
 
 if TYPE_CHECKING:  # torch is imported where a device is resolved, so the env table stays light
     import torch
@@ -80,7 +81,7 @@ class EngineConfig:
     model_dir: Path | None = None  # holds Step-Audio-Tokenizer/ and Step-Audio-EditX/ (upstream layout)
     backend: str = "auto"  # auto: editx when model_dir is set, lite otherwise
     device: str = "auto"  # auto|cpu|cuda|cuda:N
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"  # auto: bfloat16 on CUDA and bf16-capable CPUs, float32 elsewhere (resolve_dtype)
     quantize: str | None = None
     threads: int | None = None  # torch intra-op threads; None = leave torch's default
     onnx_threads: int = 1
@@ -108,12 +109,22 @@ class EngineConfig:
     stream_chunk_rows: tuple[int, ...] = STREAM_CHUNK_ROWS  # per streamed chunk: first, second, ... (last repeats)
     stream_noise: str = "offline"
     stream_prime: bool = True  # prompt side of the streaming flow made once per voice (False: per request)
-    # opt-in: offline rounds decode against that per-voice prime too (far less flow work for short
-    # outputs; close to, not equal to, upstream's one-pass output, which stays the default)
-    offline_prime: bool = False
+    # offline clones decode against that per-voice prime too: far less flow work, and closer to
+    # upstream's one-pass output than two one-pass runs with different noise are to each other
+    # (docs/PERFORMANCE.md); False (--exact-flow) runs upstream's one pass
+    offline_prime: bool = True
     segment_max_chars: int | None = None  # long texts go in segments of this size (None: 250, CJK-heavy 100)
     segment_pause_s: float = 0.25  # silence between synthesised text segments
     edit_window_s: float = 25.0  # longer clips are edited in parts cut at silences
+    # output verification (editx.verify): the default for requests that do not say; thresholds and tries
+    verify: bool = False
+    verify_max_wer: float = DEFAULT_MAX_WER  # WER (CER for Chinese/Japanese) at most this
+    verify_min_speaker_sim: float = DEFAULT_MIN_SPEAKER_SIM  # similarity to the prompt / input clip at least this
+    verify_attempts: int = DEFAULT_ATTEMPTS  # generations in all, each with a new seed, before the best is returned
+    asr_model_dir: Path | None = None  # a CTranslate2 Whisper folder; None: the bundled tiny.en (English)
+    # lite voice matching: timbre-search probes and seconds per new voice (0 probes: blend only)
+    lite_search_probes: int = 48
+    lite_search_budget_s: float = 25.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -146,10 +157,16 @@ class EngineConfig:
             raise ValidationError(f"stream_noise must be one of {', '.join(STREAM_NOISE)}, got {self.stream_noise!r}")
         if self.segment_max_chars is not None and self.segment_max_chars < 20:
             raise ValidationError(f"segment_max_chars must be >= 20, got {self.segment_max_chars}")
+        if self.lite_search_probes < 0 or not self.lite_search_budget_s >= 0:
+            raise ValidationError(f"lite_search_probes and lite_search_budget_s must be >= 0, got "
+                                  f"{self.lite_search_probes} and {self.lite_search_budget_s}")
         if self.segment_pause_s < 0 or self.edit_window_s < 2:
             raise ValidationError("segment_pause_s must be >= 0 and edit_window_s >= 2 (seconds)")
         if self.model_dir is not None and not isinstance(self.model_dir, Path):
             object.__setattr__(self, "model_dir", Path(self.model_dir))
+        if self.asr_model_dir is not None and not isinstance(self.asr_model_dir, Path):
+            object.__setattr__(self, "asr_model_dir", Path(self.asr_model_dir))
+        VerifyPolicy.from_config(self)  # the verify_* thresholds, checked with the ranges requests get
         if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
@@ -225,6 +242,11 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_SEGMENT_PAUSE_S": EnvVar(float, engine="segment_pause_s"),
     "EDITX_EDIT_WINDOW_S": EnvVar(float, engine="edit_window_s"),
     "EDITX_MAX_AUDIO_SECONDS": EnvVar(float, engine="max_audio_seconds", server="max_audio_seconds"),
+    "EDITX_VERIFY": EnvVar(_env_bool, engine="verify"),
+    "EDITX_VERIFY_MAX_WER": EnvVar(float, engine="verify_max_wer"),
+    "EDITX_VERIFY_MIN_SPEAKER_SIM": EnvVar(float, engine="verify_min_speaker_sim"),
+    "EDITX_VERIFY_ATTEMPTS": EnvVar(int, engine="verify_attempts"),
+    "EDITX_ASR_MODEL_DIR": EnvVar(Path, engine="asr_model_dir"),
     "EDITX_MIN_PROMPT_S": EnvVar(float, engine="min_prompt_s"),
     "EDITX_MAX_PROMPT_S": EnvVar(float, engine="max_prompt_s"),
     "EDITX_MAX_STREAMS": EnvVar(int, engine="max_streams"),
@@ -232,6 +254,8 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_STREAM_STALL_S": EnvVar(float, engine="stream_stall_s"),
     "EDITX_STUCK_AFTER_S": EnvVar(float, engine="stuck_after_s"),
     "EDITX_CLOSE_GRACE_S": EnvVar(float, engine="close_grace_s"),
+    "EDITX_LITE_SEARCH_PROBES": EnvVar(int, engine="lite_search_probes"),
+    "EDITX_LITE_SEARCH_BUDGET_S": EnvVar(float, engine="lite_search_budget_s"),
     # server (ServerSettings.from_env)
     "EDITX_DATA_DIR": EnvVar(Path, server="data_dir", other="lite's assembled model files"),
     "EDITX_API_KEYS": EnvVar(_str_set, server="api_keys"),
@@ -243,6 +267,9 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_REQUIRE_VOICE_CONSENT": EnvVar(_env_bool, server="require_consent"),
     "EDITX_CONSENT_THRESHOLD": EnvVar(float, server="consent_threshold"),
     "EDITX_VOICES_URL": EnvVar(str, other="a separate Redis for the voice registry"),
+    "EDITX_SESSION_TTL_S": EnvVar(float, other="edit sessions: expiry after the last change"),
+    "EDITX_SESSION_MAX_VERSIONS": EnvVar(int, other="edit sessions: versions per session"),
+    "EDITX_SESSION_MAX_BYTES": EnvVar(int, other="edit sessions: audio bytes in all (SQLite store)"),
 }
 
 # environment variable -> (EngineConfig field, parser): the engine's part of ENV_TABLE
@@ -284,10 +311,60 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto → bfloat16 on CUDA, float32 on CPU."""
+# /proc/cpuinfo flags that mean native bfloat16 matmuls (oneDNN uses them): AVX512-BF16 and AMX on
+# x86; the Arm BF16 extension (ARMv8.6) on aarch64. Without one, bf16 matmuls are emulated and slower
+# than float32, so `auto` stays float32 and an explicit bfloat16 is refused.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`); empty where /proc/cpuinfo is absent."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (detected, never assumed)."""
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in CPU_BF16_FLAGS)
+
+
+def supported_dtypes(device: torch.device, *, cpu_bf16: bool | None = None) -> tuple[str, ...]:
+    """The compute dtypes `device` runs at full speed, best first."""
     import torch
 
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+        return ("bfloat16", "float16", "float32") if bf16 else ("float16", "float32")
+    if device.type == "cpu":
+        bf16 = cpu_supports_bf16() if cpu_bf16 is None else cpu_bf16
+        return ("bfloat16", "float32") if bf16 else ("float32",)
+    return ("float32",)
+
+
+def resolve_dtype(dtype: str, device: torch.device, *, cpu_bf16: bool | None = None) -> torch.dtype:
+    """auto → bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16), float32
+    elsewhere. An explicit dtype the device cannot run well is refused with what it supports.
+    `cpu_bf16` overrides the CPU detection (tests)."""
+    import torch
+
+    supported = supported_dtypes(device, cpu_bf16=cpu_bf16)
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = supported[0]
+    elif dtype not in supported:
+        why = ""
+        if device.type == "cpu" and dtype == "bfloat16":
+            why = " (this CPU has no AVX512-BF16, AMX or Arm BF16: bfloat16 would be emulated, slower than float32)"
+        elif device.type == "cpu":
+            why = " (CPU float16 matmuls are emulated)"
+        raise ValidationError(f"dtype {dtype!r} is not supported on {device}{why}; "
+                              f"this device supports {', '.join(supported)} (or auto)")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

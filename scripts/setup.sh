@@ -15,7 +15,10 @@ PIP="$VENV/bin/pip"
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$PIP" install -q torch==2.13.0
 "$PIP" install -q -e ".[${EXTRAS}]"
 case ",$EXTRAS," in
-    *,lite,*) "$PIP" install -q --no-deps resemblyzer==0.1.4 silero-vad==6.2.3 ;;  # weight files only
+    # resemblyzer, silero-vad: weight files only. pyopenjtalk-plus (Japanese readings for the lite backend,
+    # dictionary inside the wheel) without its sudachidict_core pin, which the lite front end never uses.
+    *,lite,*) "$PIP" install -q --no-deps resemblyzer==0.1.4 silero-vad==6.2.3 \
+        pyopenjtalk-plus==0.4.1.post10 sudachipy==0.7.0 ;;
 esac
 if [ "${EDITX_SYSTEM_DEPS:-0}" = "1" ]; then
     need=()

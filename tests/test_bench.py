@@ -18,7 +18,8 @@ from editx.errors import ValidationError
 RUN_KEYS = {"index", "cold", "arm", "streamed", "wall_s", "total_s", "stages", "substages", "cache", "prompt_cache",
             "prompt_s", "lm_tokens", "lm_s", "lm_tok_s", "audio_s", "rtf", "ttfa_s", "ttfa_timeline_s", "rss_mb",
             "peak_rss_mb", "gpu_peak_mb", "timeline", "threads"}
-TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "concurrency_4", "ttfa", "ttfa_length",
+TARGETS = ["baseline_speedup", "cache_hit_prompt", "lm_vs_hf", "lm_vs_bound", "flow_vs_peak", "concurrency_4", "ttfa",
+           "ttfa_length",
            "load_rss"]
 
 
@@ -29,7 +30,8 @@ def test_parse_overrides_and_profiles():
     assert bench.parse_overrides("quantize=int8") == {"quantize": "int8"}
     assert bench.parse_overrides("stream_prime=off") == {"stream_prime": False}
     assert bench.parse_overrides("quantize=none,flow_steps=5") == {"quantize": None, "flow_steps": 5}
-    assert bench.parse_overrides("baseline") == {"cache": False, "lm_loop": "naive", "warmup": False}
+    assert bench.parse_overrides("baseline") == {"cache": False, "lm_loop": "naive", "warmup": False,
+                                                 "offline_prime": False, "dtype": "float32"}
     assert bench.parse_overrides("baseline,flow-steps=5")["flow_steps"] == 5
     assert bench.parse_overrides("") == {} and bench.parse_overrides("default") == {}
     for bad in ("cache=maybe", "nonsense=1", "threads=two", "fastest"):
@@ -232,6 +234,21 @@ def test_quality_oracles_run_on_random_weights(tiny_model_dir, tmp_path):
         assert q["error"] is None, q["error"]
         assert q["wer"] >= 0 and -1 <= q["speaker_similarity"] <= 1
     assert r["series"][0]["summary"]["quality"]["wer"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_verify_section_on_random_weights(tiny_model_dir, tmp_path):
+    pytest.importorskip("faster_whisper")
+    # random weights never say the text: every check fails, so the retried arm runs all its attempts
+    r = _bench(tmp_path, tiny_model_dir, "--runs", "0", "--stream-runs", "0", "--verify-texts", "1",
+               "--seed", "1", "--max-new-tokens", "40")
+    v = r["verify"]
+    row = v["rows"][0]
+    assert 0 < row["verify_s"] < row["checked_s"] and 0 < v["verify_share_median"] < 1
+    assert v["once"]["attempts_mean"] == 1 and v["retried"]["attempts_mean"] == v["attempts"] == 3
+    assert v["once"]["pass_rate"] == 0 and v["retried"]["error_rate_median"] <= v["once"]["error_rate_median"]
+    assert v["stream"]["ttfa_verified_s"] is not None and v["stream"]["done_verified_s"] > 0
+    assert "## Verification" in (r["_out"] / "bench.md").read_text()
 
 
 # ---- the naive loop is the same sampler ------------------------------------------------------------------

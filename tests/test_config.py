@@ -1,6 +1,6 @@
 import pytest
 
-from editx.config import EngineConfig, SamplingConfig, resolve_device
+from editx.config import EngineConfig, SamplingConfig, cpu_flags, cpu_supports_bf16, resolve_device, resolve_dtype
 from editx.errors import ValidationError
 
 
@@ -95,3 +95,51 @@ def test_server_settings_and_paths_come_from_the_table(monkeypatch, tmp_path):
     monkeypatch.setenv("EDITX_MAX_REQUEST_BYTES", "lots")
     with pytest.raises(ValidationError, match="EDITX_MAX_REQUEST_BYTES"):
         ServerSettings.from_env()
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    flags = cpu_flags(info)
+    assert "avx512_bf16" in flags and "avx2" in flags  # the first processor's line
+    assert cpu_supports_bf16(flags)
+    assert not cpu_supports_bf16(frozenset({"avx2", "avx512f", "fma"}))  # AVX-512 alone is not BF16
+    assert cpu_supports_bf16(frozenset({"amx_bf16", "amx_tile"}))
+    assert cpu_supports_bf16(cpu_flags(_write(tmp_path / "arm", "Features\t: fp asimd bf16 i8mm\n")))
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_auto_dtype_follows_the_hardware():
+    import torch
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu, cpu_bf16=True) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, cpu_bf16=False) == torch.float32
+    assert resolve_dtype("float32", cpu, cpu_bf16=True) == torch.float32  # fp32 always selectable
+    assert resolve_dtype("bfloat16", cpu, cpu_bf16=True) == torch.bfloat16
+    # this machine: whatever it is, auto agrees with the detection
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+
+
+@pytest.mark.parametrize(("dtype", "cpu_bf16", "named"), [("float16", True, "bfloat16, float32"),
+                                                          ("float16", False, "supports float32 "),
+                                                          ("bfloat16", False, "AVX512-BF16")])
+def test_a_dtype_the_cpu_cannot_run_is_refused_naming_what_it_supports(dtype, cpu_bf16, named):
+    import torch
+
+    with pytest.raises(ValidationError, match=f"dtype '{dtype}' is not supported on cpu") as err:
+        resolve_dtype(dtype, torch.device("cpu"), cpu_bf16=cpu_bf16)
+    assert named in str(err.value)
+
+
+def test_loading_with_a_dtype_the_device_cannot_run_fails_before_any_weights_load(tiny_model_dir):
+    from editx.pipeline.stepaudio import StepAudioBackend
+
+    with pytest.raises(ValidationError, match="float16.*not supported on cpu.*supports"):
+        StepAudioBackend.load(EngineConfig(model_dir=tiny_model_dir, dtype="float16", device="cpu"))

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import speechlike
+from conftest import assert_close_rel, speechlike
 
 from editx.errors import CancelledError, QueueFullError, ValidationError
 from editx.lm.prompts import EDIT_OPTIONS
@@ -81,9 +81,13 @@ def test_concurrent_requests_batch_and_equal_serial(make_engine):
     gate.set()
     batched = [f.result(timeout=120) for f in futures]
     assert all(s.get("batch") == 3 for r in batched for s in r.timeline["stages"] if s["name"] == "lm_decode")
-    assert seen == [(False, True)]  # the first is settled before the last one's flow and vocoder even ran
+    assert seen == [(False, True)]  # the first is settled before the last one's vocoder even ran
+    flow = [s for r in batched for s in r.timeline["stages"] if s["name"] == "flow"]
+    assert [s.get("batch") for s in flow] == [3, 3, 3]  # one shared DiT solve per Euler step
     for a, b in zip(serial, batched):
-        assert np.array_equal(a, b.audio)
+        # float32 flow in a batch of three: only the summation order of larger matmuls differs
+        assert a.shape == b.audio.shape
+        np.testing.assert_allclose(b.audio, a, rtol=0, atol=1e-3 * np.abs(a).max())
 
 
 def test_seed_reproduces_and_differs(make_engine):
@@ -163,7 +167,11 @@ def test_a_request_failing_in_the_lm_fails_alone_and_leaks_no_slot(make_engine, 
         gate.set()
         with pytest.raises(RuntimeError, match="LM"):
             bad.result(timeout=120)
-        for fut, want in zip(futures, serial):
-            assert np.array_equal(fut.result(timeout=120).audio, want)
+        for fut, want in zip(futures, serial):  # flow batched: float32 tolerance
+            assert_close_rel(fut.result(timeout=120).audio, want, scale=1.0,  # audio full scale
+                             what="batch mate vs serial")
         assert eng.backend._session().free_slots == eng.config.max_batch
+    deadline = time.monotonic() + 60  # the counts are released by the futures' done callbacks
+    while eng.health()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert eng.health()["in_flight"] == 0 and eng.alive

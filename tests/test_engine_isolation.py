@@ -56,7 +56,16 @@ def solo(req: CloneRequest, seconds_per_job: float = 0.05) -> np.ndarray:
 
 
 def assert_idle(eng: Engine, backend: FakeBackend) -> None:
-    h = eng.health()
+    """Queue, in-flight and stream counts and the backend's slots back to zero. A future's waiters
+    wake before its done callbacks (which release the counts) and the rest of its round have run,
+    so this waits for them (synchronisation only)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        h = eng.health()
+        idle = (h["queue_depth"], h["in_flight"], h["streams"], backend.slots) == (0, 0, 0, 0)
+        if idle or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
     assert (h["queue_depth"], h["in_flight"], h["streams"]) == (0, 0, 0), h
     assert backend.slots == 0
 
@@ -78,7 +87,7 @@ def read_all(stream, into: list) -> None:
 FAULTS = st.sampled_from([None, None, None, "round", "job", "emit", "prepare", "check", "cancel"])
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=st.lists(st.tuples(FAULTS, st.booleans()), min_size=1, max_size=8),
        max_batch=st.integers(1, 4))
 def test_random_failures_stay_with_their_request(plan, max_batch):
@@ -273,6 +282,8 @@ def test_slow_reader_pauses_its_stream_then_a_stalled_one_is_cancelled():
     stalled.future.exception(timeout=WAIT_S)  # nobody reads: cancelled once idle for stream_stall_s
     with pytest.raises(StreamBackpressureError, match="read nothing"):
         list(stalled)
+    eng.close()
+    eng = make(backend, stream_buffer_s=2.0, stream_stall_s=WAIT_S, segment_max_chars=20)  # a loaded machine
     reader = eng.stream(CloneRequest(tone(), "prompt", text, seed=1))
     got = []
     for chunk in reader:
@@ -325,6 +336,10 @@ def test_failures_are_counted_once_with_their_backend_and_cache_tiers_that_exist
         eng.run(request(2, "job"), timeout=WAIT_S)
     assert count("ok") - ok0 == 1 and count("error") - err0 == 1
     assert lookups("memory", "miss") - miss0 == 2 and lookups("disk", "miss") == disk0  # no disk tier here
+    assert_idle(eng, eng.backend)
+    deadline = time.monotonic() + WAIT_S  # the worker sets the gauges after each round
+    while v("editx_in_flight") and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert v("editx_queue_depth") == 0 and v("editx_in_flight") == 0
     eng.close()
 
@@ -351,3 +366,27 @@ def test_a_prompt_another_process_encodes_parks_its_job_not_the_worker(tmp_path)
     result = parked.result(timeout=WAIT_S)
     assert np.array_equal(result.audio, solo(locked)) and result.timeline["cache"]["prompt"] == "miss"
     eng.close()
+
+
+def test_a_worker_that_dies_fails_what_it_holds_and_reports_dead():
+    gate = threading.Event()
+    eng = make(FakeBackend(gate=gate), max_batch=1)
+    first = eng.submit(request(1))
+    deadline = time.monotonic() + WAIT_S
+    while eng.health()["in_flight"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = eng.submit(request(2))  # waits in the queue behind the first round
+
+    def broken() -> list:
+        raise RuntimeError("a bug in the worker loop")
+
+    eng._next_batch = broken  # the next loop after the first round hits it
+    gate.set()
+    assert first.result(timeout=WAIT_S).audio.size
+    err = second.exception(timeout=WAIT_S)
+    assert isinstance(err, EngineClosedError) and "worker stopped" in str(err)
+    h = eng.health()
+    assert not h["alive"] and not h["worker_running"] and not eng.alive
+    _, err = run_in_thread(lambda: eng._call(lambda: 1))
+    assert isinstance(err, EngineClosedError)
+    eng.close()  # closing a dead engine returns at once

@@ -188,10 +188,8 @@ def test_ge2e_matches_resemblyzer_golden():
 # --- the real backend ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    from editx.lite.backend import LiteBackend
-
-    return LiteBackend.load(tmp_path_factory.mktemp("editx-data"), threads=2)
+def backend(lite_backend):
+    return lite_backend
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +215,7 @@ def test_model_assembly_is_checked_and_repaired(backend, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_clone_end_to_end_on_bundled_clip(backend, oracle):
     ref, sr, _ = _reference()
-    enc = backend.encode_voice(ref, sr)
+    enc = backend.encode_voice(ref, sr, search_probes=16)
     assert enc.weights.sum() == pytest.approx(1.0, abs=1e-5)
     text = "We had our lunch outside in the garden."
     cloned = backend.synthesize(text, enc)
@@ -279,8 +277,10 @@ def test_unsupported_and_bad_requests(backend):
         backend.synthesize("   ")
     with pytest.raises(ValidationError):
         backend.synthesize("hello", speed=5.0)
-    with pytest.raises(BackendUnsupportedError, match="English only"):
+    with pytest.raises(BackendUnsupportedError, match="Chinese text needs the Step-Audio-EditX"):
         backend.synthesize("今天天气很好。")
+    with pytest.raises(BackendUnsupportedError, match="Korean text needs the Step-Audio-EditX"):
+        backend.synthesize("안녕하세요. 반갑습니다.")
     with pytest.raises(ValidationError):
         backend.voice("af_heart")
     with pytest.raises(AudioError):

@@ -21,7 +21,7 @@ from editx.lm.loader import apply_quantization, load_step1
 from editx.lm.model import Step1Config, Step1ForCausalLM, checkpoint_keys
 
 CFG = Step1Config.from_name("tiny")
-RELEASE = Path(__file__).parent / "data" / "release"
+RELEASE = Path(__file__).parents[1] / "editx" / "assets" / "release"
 PROMPT = [1, 4, 100, 200, 300, 3, 4] + [65536 + i for i in range(0, 200, 13)]
 
 
@@ -193,8 +193,8 @@ def test_quantization_switch_errors():
     model = Step1ForCausalLM(CFG)
     with pytest.raises(ValidationError):
         apply_quantization(model, "int8", torch.device("cuda"))
-    with pytest.raises(ValidationError):
-        apply_quantization(model, "bnb4", torch.device("cpu"))
+    with pytest.raises(ValidationError, match="CUDA or the CPU"):
+        apply_quantization(model, "bnb4", torch.device("meta"))
     with pytest.raises(ValidationError):
         apply_quantization(model, "awq", torch.device("cpu"))
     try:

@@ -23,9 +23,9 @@ SAMPLE = "The garden is full of roses this summer, and the bees are busy all day
 
 
 @pytest.fixture(scope="module")
-def server(lite_engine, live_server, tmp_path_factory):
+def server(lite_engine, live_app, tmp_path_factory):
     settings = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), warm_builtin_voices=False)
-    return live_server(create_app(lite_engine, settings=settings))
+    return live_app(create_app(lite_engine, settings=settings))
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,9 @@ def openapi_doc(max_input: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(lite_engine, live_server, tmp_path_factory):
+def server(lite_engine, live_app, tmp_path_factory):
     settings = ServerSettings(data_dir=tmp_path_factory.mktemp("data"), warm_builtin_voices=False)
-    return live_server(create_app(lite_engine, settings=settings))
+    return live_app(create_app(lite_engine, settings=settings))
 
 
 def check_response(body: dict, response) -> None:

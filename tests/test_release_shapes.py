@@ -1,7 +1,7 @@
 """Full-size key and shape checks against the released files, without their weights.
 
 Our modules are built at the release's sizes on the meta device (no memory) and the released key
-lists (tests/data/release/, see its README) go through the same key maps and checks the loaders run
+lists (editx/assets/release/, see its README) go through the same key maps and checks the loaders run
 on real files, both ways: every released key lands in a parameter of the same shape, and every
 parameter is covered.
 """
@@ -16,7 +16,7 @@ import torch
 
 from editx.errors import ModelFilesError
 
-RELEASE = Path(__file__).parent / "data" / "release"
+RELEASE = Path(__file__).parents[1] / "editx" / "assets" / "release"
 
 
 def _keys(name: str) -> dict[str, tuple[int, ...]]:

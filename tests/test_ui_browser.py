@@ -1,40 +1,27 @@
 """Web UI click-through in real headless Chromium (Debian package) driven by Playwright."""
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 import soundfile as sf
 from conftest import speechlike
+from live_server import CHROMIUM_FLAGS, live_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = CHROMIUM_FLAGS
 
 
 @pytest.fixture()
 def server_url(make_engine, tmp_path):
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from editx.server.app import create_app
     from editx.server.settings import ServerSettings
 
     app = create_app(make_engine(), settings=ServerSettings(data_dir=tmp_path / "data"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app, start_timeout_s=30) as url:
+        yield url
 
 
 def test_clone_click_through(server_url, tmp_path):
@@ -73,6 +60,16 @@ def test_clone_click_through(server_url, tmp_path):
             page.click("#edit-btn")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('done')",
                                    timeout=120_000)
+            # verified clone: random fixture weights never say the words, so all 3 attempts fail and
+            # the best comes back marked, with its scores (needs editx[quality])
+            if __import__("importlib").util.find_spec("faster_whisper") is not None:
+                page.check("#verify")
+                page.click("#clone-btn")
+                page.wait_for_function("document.getElementById('status').textContent.startsWith('done')",
+                                       timeout=300_000)
+                shown = page.inner_text("#verification")
+                assert "NOT verified · WER " in shown and "speaker similarity" in shown and "/3" in shown
+                assert "verify" in page.inner_text("#timeline")
             page.screenshot(path=str(tmp_path / "ui.png"))
         finally:
             browser.close()

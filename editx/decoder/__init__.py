@@ -131,6 +131,28 @@ class CosyVoiceDecoder:
                                    noise_offset=prime.cache.prompt_frames)
         return mel
 
+    def flow_job(self, prompt_mixed: np.ndarray, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
+                 target_mixed: np.ndarray, *, primed=None, n_steps: int = 10):
+        """The flow work of `token2mel` (or, with `primed` = the voice's StreamPrime, of
+        `token2mel_primed`) up to its Euler solve: a FlowJob for `solve_flow_jobs`."""
+        if n_steps < 1:
+            raise ValidationError(f"n_steps must be >= 1, got {n_steps}")
+        if primed is not None:
+            return primed.first_job(self.flow, self.flow_tokens(target_mixed), n_steps=n_steps)
+        mel, spk = self.flow_conditions(prompt_mel, spk_emb)
+        return self.flow.prepare(self.flow_tokens(prompt_mixed), mel, spk, self.flow_tokens(target_mixed))
+
+    def solve_flow_jobs(self, jobs, *, n_steps: int = 10) -> list[torch.Tensor]:
+        """Each FlowJob's mel (80, frames), jobs of similar length sharing each Euler step's DiT call
+        (editx.decoder.batch); equal to solving each alone up to float summation order."""
+        from editx.decoder.batch import buckets, solve_euler_batch
+
+        out: list[torch.Tensor | None] = [None] * len(jobs)
+        for group in buckets([j.frames + j.cached for j in jobs]):
+            for i, mel in zip(group, solve_euler_batch(self.flow, [jobs[i] for i in group], n_steps=n_steps)):
+                out[i] = mel
+        return out  # type: ignore[return-value]
+
     def mel2wav(self, mel: torch.Tensor, *, generator: torch.Generator | None = None) -> np.ndarray:
         """The vocoder stage: mel (80, T) or (1, 80, T) → waveform (T * 480,) float32 at 24 kHz."""
         if mel.dim() == 2:

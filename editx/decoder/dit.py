@@ -73,8 +73,10 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
-    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C); cache (B, H, S, 2D) earlier keys|values → out, new cache (B, H, T+S, 2D)."""
+    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None,
+                      attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C); cache (B, H, S, 2D) earlier keys|values → out, new cache (B, H, T+S, 2D).
+        `attn_mask` (B, 1, 1|T, T+S) bool: which keys (new frames, then cache) each row may read."""
         b, t, _ = x.shape
         shape = (b, t, self.num_heads, self.head_dim)
         q = self.q_norm(self.to_q(x).view(shape).transpose(1, 2))  # (B, H, T, D)
@@ -83,7 +85,7 @@ class Attention(nn.Module):
         if cache is not None:
             kv = torch.cat([kv, cache], dim=2)
         k, v = kv.split(self.head_dim, dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, t, -1)), kv
 
 
@@ -146,10 +148,11 @@ class DiTBlock(nn.Module):
         return torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
     def forward_chunk(self, x: torch.Tensor, c: torch.Tensor, conv_cache: torch.Tensor | None,
-                      att_cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      att_cache: torch.Tensor | None, attn_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          shift_conv, scale_conv, gate_conv) = self.modulation(F.silu(c)).chunk(N_MODULATIONS, dim=-1)
-        y, att_cache = self.attn.forward_chunk(modulate(self.norm1(x), shift_msa, scale_msa), att_cache)
+        y, att_cache = self.attn.forward_chunk(modulate(self.norm1(x), shift_msa, scale_msa), att_cache, attn_mask)
         x = torch.addcmul(x, gate_msa, y)
         y, conv_cache = self.conv.forward_chunk(modulate(self.norm3(x), shift_conv, scale_conv), conv_cache)
         x = torch.addcmul(x, gate_conv, y)
@@ -192,8 +195,11 @@ class DiT(nn.Module):
 
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, spk: torch.Tensor,
                       cond: torch.Tensor, conv_cache: list[torch.Tensor] | None,
-                      att_cache: list[torch.Tensor] | None) -> tuple[torch.Tensor, list, list]:
-        """Velocity of the next frames (B, 80, T) given per-block caches; returns it and the new caches."""
+                      att_cache: list[torch.Tensor] | None, attn_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, list, list]:
+        """Velocity of the next frames (B, 80, T) given per-block caches; returns it and the new caches.
+        `attn_mask` (B, 1, 1, T+S) bool marks the keys each row may read (batched chunks of different
+        lengths, editx.decoder.batch); causal convolutions need none for right padding."""
         c = self.t_embedder(t).unsqueeze(1)
         h = torch.cat([x, mu, spk.unsqueeze(2).expand(-1, -1, x.shape[2]), cond], dim=1)
         h = self.in_proj(h.transpose(1, 2))  # (B, T, C)
@@ -201,7 +207,7 @@ class DiT(nn.Module):
         att_cache = att_cache or [None] * len(self.blocks)
         new_conv, new_att = [], []
         for block, cc, ac in zip(self.blocks, conv_cache, att_cache):
-            h, cc, ac = block.forward_chunk(h, c, cc, ac)
+            h, cc, ac = block.forward_chunk(h, c, cc, ac, attn_mask)
             new_conv.append(cc)
             new_att.append(ac)
         return self.final_layer(h, c).transpose(1, 2), new_conv, new_att

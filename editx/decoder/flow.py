@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -117,6 +118,17 @@ class CosyVoiceFlow(nn.Module):
         length (resized to 2*Tp frames); spk_emb (192,). `noise` (1, 80, >=total frames) replaces the
         fixed buffer. With `return_mu`, also the encoder output (80, total frames).
         """
+        job = self.prepare(prompt_tokens, prompt_mel, spk_emb, target_tokens, noise=noise)
+        x = solve_euler(self.estimator, job.noise, job.mu, job.spk, job.cond, n_steps=n_steps,
+                        cfg_rate=self.cfg.cfg_rate)
+        out = x[0, :, job.keep:]
+        return (out, job.mu[0]) if return_mu else out
+
+    @torch.inference_mode()
+    def prepare(self, prompt_tokens: torch.Tensor, prompt_mel: torch.Tensor, spk_emb: torch.Tensor,
+                target_tokens: torch.Tensor, *, noise: torch.Tensor | None = None) -> FlowJob:
+        """Everything of `inference` before the Euler solve (checks, encoder, condition, noise), as
+        a FlowJob for `solve_euler` or the batched solve of editx.decoder.batch."""
         w = self.encoder_proj.weight
         if prompt_tokens.ndim != 2 or target_tokens.ndim != 2 or target_tokens.shape[0] == 0:
             raise ValidationError("flow tokens must be non-empty (rows, 2) tensors (see editx.decoder.tokens)")
@@ -140,9 +152,31 @@ class CosyVoiceFlow(nn.Module):
         if prompt_frames:
             mel = prompt_mel.to(w.device, w.dtype).t().unsqueeze(0)  # (1, 80, Tm)
             cond[:, :, :prompt_frames] = F.interpolate(mel, size=prompt_frames, mode="nearest")
-        x = solve_euler(self.estimator, noise, mu, spk, cond, n_steps=n_steps, cfg_rate=self.cfg.cfg_rate)
-        out = x[0, :, prompt_frames:]
-        return (out, mu[0]) if return_mu else out
+        return FlowJob(noise, mu, spk, cond, keep=prompt_frames)
+
+
+@dataclass
+class FlowJob:
+    """One request's flow work, ready for the DiT's Euler solve: (1, 80, T) start noise, encoder
+    output and condition, the (1, 80) speaker projection, the DiT caches of a primed or streamed
+    chunk ([Euler step][block]; None for the one-pass offline flow) and the first frame returned."""
+
+    noise: torch.Tensor
+    mu: torch.Tensor
+    spk: torch.Tensor
+    cond: torch.Tensor
+    keep: int
+    conv: list | None = None  # [step][block] (2, 2C, 2) causal-conv context ([cond; uncond])
+    att: list | None = None  # [step][block] (2, H, S, 2D) keys|values
+
+    @property
+    def frames(self) -> int:
+        return int(self.mu.shape[2])
+
+    @property
+    def cached(self) -> int:
+        """Frames of DiT attention cache this job reads (0 for the one-pass flow)."""
+        return int(self.att[0][0].shape[2]) if self.att else 0
 
 
 # ----------------------------------------------------------------------------- weights
@@ -255,6 +289,7 @@ __all__ = [
     "NOISE_FRAMES",
     "CosyVoiceFlow",
     "DualCodebookEmbedding",
+    "FlowJob",
     "cosine_t_span",
     "guided_velocity",
     "load_flow",

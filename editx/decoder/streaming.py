@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from editx.decoder.conformer import EncoderCache
-from editx.decoder.flow import CosyVoiceFlow, cosine_t_span
+from editx.decoder.flow import CosyVoiceFlow, FlowJob, cosine_t_span
 from editx.decoder.tokens import GROUP, ROWS_PER_GROUP
 from editx.decoder.vocoder import STREAM_MEL_CACHE, HiFTGenerator
 from editx.errors import ValidationError
@@ -177,6 +177,14 @@ class StreamPrime:
         return flow_chunk(flow, tokens, self.cache, last=last, n_steps=n_steps, noise_offset=noise_offset,
                           cond_prefix=self.tail_cond)
 
+    def first_job(self, flow: CosyVoiceFlow, tokens: torch.Tensor, *, n_steps: int = 10) -> FlowJob:
+        """The FlowJob of a last first chunk (an offline decode against this prime), for a batched
+        solve: `first_chunk(..., last=True, noise_offset=prompt frames)` before its Euler solve."""
+        self.check_steps(n_steps)
+        tokens = torch.cat([self.tail_tokens.to(tokens.dtype), tokens])
+        return chunk_job(flow, tokens, self.cache, last=True, noise_offset=self.cache.prompt_frames,
+                         cond_prefix=self.tail_cond)[0]
+
     @property
     def nbytes(self) -> int:
         tensors = [self.tail_tokens, self.tail_cond, self.cache.spk, self.cache.encoder.lookahead,
@@ -202,6 +210,27 @@ def flow_prime(flow: CosyVoiceFlow, prompt_tokens: torch.Tensor, prompt_mel: tor
 
 
 @torch.inference_mode()
+def chunk_job(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, last: bool,
+              noise_offset: int | None = None, cond_prefix: torch.Tensor | None = None) -> tuple[FlowJob, EncoderCache]:
+    """Everything of `flow_chunk` before the Euler solve: the chunk's FlowJob (its `keep` = the held
+    prompt frames of `cond_prefix`) and the encoder cache after it."""
+    w = flow.encoder_proj.weight
+    tokens = tokens.to(w.device, torch.long).unsqueeze(0)
+    h, enc = flow.encoder.forward_chunk(flow.input_embedding(tokens.clamp(min=0)), cache.encoder, last=last)
+    mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, 2T)
+    offset = cache.frames if noise_offset is None else noise_offset
+    noise = _noise(flow, offset, mu.shape[2]).to(w.dtype)
+    held = 0
+    cond = torch.zeros_like(mu)
+    if cond_prefix is not None:
+        if cache.frames != cache.prompt_frames:
+            raise ValidationError("prompt rows can only lead the first chunk of a stream")
+        held = cond_prefix.shape[-1]
+        cond[:, :, :held] = cond_prefix.to(cond.dtype)
+    return FlowJob(noise, mu, cache.spk, cond, keep=held, conv=cache.conv, att=cache.att), enc
+
+
+@torch.inference_mode()
 def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, last: bool, n_steps: int = 10,
                left_context: int = DIT_LEFT_CONTEXT, noise_offset: int | None = None,
                cond_prefix: torch.Tensor | None = None) -> tuple[torch.Tensor, FlowCache]:
@@ -212,24 +241,13 @@ def flow_chunk(flow: CosyVoiceFlow, tokens: torch.Tensor, cache: FlowCache, *, l
     `cond_prefix` (1, 80, F): the chunk starts with prompt rows still owed to a StreamPrime's cache;
     their F frames take it as condition, join the cache's prompt and are not returned.
     """
-    w = flow.encoder_proj.weight
-    tokens = tokens.to(w.device, torch.long).unsqueeze(0)
-    h, enc = flow.encoder.forward_chunk(flow.input_embedding(tokens.clamp(min=0)), cache.encoder, last=last)
-    mu = flow.encoder_proj(h).transpose(1, 2)  # (1, 80, 2T)
-    offset = cache.frames if noise_offset is None else noise_offset
-    noise = _noise(flow, offset, mu.shape[2]).to(w.dtype)
-    held, p = 0, cache.prompt_frames
-    cond = torch.zeros_like(mu)
-    if cond_prefix is not None:
-        if cache.frames != p:
-            raise ValidationError("prompt rows can only lead the first chunk of a stream")
-        held = cond_prefix.shape[-1]
-        cond[:, :, :held] = cond_prefix.to(cond.dtype)
-    x, conv, att = solve_euler_chunk(flow, noise, mu, cache.spk, cond, cache.conv, cache.att, n_steps=n_steps)
+    job, enc = chunk_job(flow, tokens, cache, last=last, noise_offset=noise_offset, cond_prefix=cond_prefix)
+    held, p = job.keep, cache.prompt_frames
+    x, conv, att = solve_euler_chunk(flow, job.noise, job.mu, job.spk, job.cond, job.conv, job.att, n_steps=n_steps)
     if last:  # nothing follows: no cache to reorder or trim
         return x[0, :, held:], FlowCache(enc, conv, att, cache.spk, p + held)
     if held:  # the held prompt frames go to the prompt end of the cache (the DiT attention has no positions)
-        n = mu.shape[2]
+        n = job.frames
         att = [[torch.cat([a[:, :, held:n], a[:, :, :held], a[:, :, n:]], dim=2) for a in per_step]
                for per_step in att]
         p += held
@@ -384,5 +402,5 @@ class DecoderStream:
 
 
 __all__ = ["DIT_LEFT_CONTEXT", "NOISE_MODES", "STREAM_CHUNK_ROWS", "DecoderStream", "FlowCache", "StreamPrime",
-           "VocoderStream", "check_chunk_rows", "flow_chunk", "flow_prime", "flow_setup", "mixed_for_rows",
+           "VocoderStream", "check_chunk_rows", "chunk_job", "flow_chunk", "flow_prime", "flow_setup", "mixed_for_rows",
            "solve_euler_chunk", "vocode_chunk"]

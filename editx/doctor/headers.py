@@ -53,7 +53,7 @@ class _IndexUnpickler(pickle.Unpickler):
             return lambda data, *_: data
         if module == "collections" and name == "OrderedDict":
             return OrderedDict
-        if module == "torch" and name in _STORAGE_DTYPES:
+        if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:  # older torch named CUDA storages
             return _STORAGE_DTYPES[name]
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain tensor state dict")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -21,8 +20,9 @@ import numpy as np
 import soxr
 
 from editx.errors import BackendUnsupportedError, ValidationError
-from editx.lite import edits, kokoro
+from editx.lite import edits, kokoro, timbre
 from editx.lite import voice as matching
+from editx.lite.japanese import JapaneseG2P, detect_language
 from editx.lite.phonemes import EnglishG2P, Vocab
 from editx.lite.speaker import SpeakerEncoder
 from editx.lite.voice import VoiceEncoding
@@ -37,8 +37,11 @@ PIECE_PAUSE_S = 0.15  # silence between separately synthesised pieces of a long 
 EDGE_KEEP_S = 0.05  # silence kept at each end of a piece before joining
 EDGE_LEVEL = 0.01  # |sample| below this counts as silence when trimming piece edges
 MIN_PROMPT_S = 0.5
-# Kana, Han and hangul letters: text espeak's English voice cannot read (CJK punctuation is fine).
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff66-\uff9f]")
+MIN_SPEECH_S = 0.5  # a prompt needs at least this much voice in it (Silero VAD), else it is refused
+# Timbre search after the blend (editx.lite.timbre): probes and seconds per prompt, once per voice
+# (the encoding is cached). ~0.5 s a probe on 2 free cores, so the whole match stays near 30 s.
+SEARCH_PROBES = 48
+SEARCH_BUDGET_S = 25.0
 
 
 class LiteBackend:
@@ -49,9 +52,14 @@ class LiteBackend:
     native_speed = True  # synthesize() takes a speed directly (Kokoro's duration scale)
 
     def __init__(self, session: kokoro.KokoroSession, g2p: EnglishG2P, voices: dict[str, np.ndarray],
-                 speaker: SpeakerEncoder, vad: edits.SileroVAD, model_path: Path) -> None:
+                 speaker: SpeakerEncoder, vad: edits.SileroVAD, model_path: Path, *,
+                 search_probes: int = SEARCH_PROBES, search_budget_s: float = SEARCH_BUDGET_S) -> None:
+        if search_probes < 0 or not search_budget_s >= 0:
+            raise ValidationError(f"voice search budget must be >= 0, got {search_probes} probes, {search_budget_s} s")
+        self.search_probes, self.search_budget_s = search_probes, search_budget_s
         self.session = session
         self.g2p = g2p
+        self.g2p_ja = JapaneseG2P(g2p.vocab)
         self.voices = voices
         self.speaker = speaker
         self.vad = vad
@@ -65,14 +73,16 @@ class LiteBackend:
         self.fingerprint = f"{kokoro.MODEL_SHA256[:16]}-{digest.hexdigest()}-{matching.FEATURE_VERSION}"
 
     @classmethod
-    def load(cls, data_dir: str | Path | None = None, *, threads: int = 1) -> LiteBackend:
+    def load(cls, data_dir: str | Path | None = None, *, threads: int = 1, search_probes: int = SEARCH_PROBES,
+             search_budget_s: float = SEARCH_BUDGET_S) -> LiteBackend:
         """Assemble the Kokoro model into data_dir/lite on first use (see kokoro.data_dir) and load everything."""
         root = kokoro.data_dir(data_dir)
         model_path = kokoro.ensure_model(root)
         session = kokoro.KokoroSession(model_path, threads=threads)
         g2p = EnglishG2P(Vocab.from_json(kokoro.load_vocab_json()))
         return cls(session, g2p, kokoro.load_voices(), SpeakerEncoder.load(),
-                   edits.SileroVAD(threads=threads), model_path)
+                   edits.SileroVAD(threads=threads), model_path, search_probes=search_probes,
+                   search_budget_s=search_budget_s)
 
     def warmup(self) -> None:
         """Run every graph once and compute (or read back) the pure-voice probe embeddings."""
@@ -111,12 +121,17 @@ class LiteBackend:
         return self.speaker.embed(audio, SAMPLE_RATE)
 
     def encode_voice(self, samples: np.ndarray, sample_rate: int, *, max_probes: int = matching.MAX_PROBES,
-                     budget_s: float | None = None) -> VoiceEncoding:
-        """Match a prompt clip to the closest blend of bundled voices (the lite prompt encoding)."""
+                     budget_s: float | None = None, search_probes: int | None = None,
+                     search_budget_s: float | None = None) -> VoiceEncoding:
+        """Match a prompt clip to a lite voice (the lite prompt encoding): the closest blend of bundled
+        voices (`max_probes`, `budget_s`), then a timbre search from it (`search_probes`,
+        `search_budget_s`; None: the backend's, math.inf: no time limit). A clip with no voice in it is
+        refused."""
         x = edits.check_audio(samples, sample_rate)
         if len(x) < MIN_PROMPT_S * sample_rate:
             raise ValidationError(f"prompt audio must be at least {MIN_PROMPT_S} s long, got "
                                   f"{len(x) / sample_rate:.2f} s")
+        self.check_speech(x, sample_rate)
         prompt = self.speaker.embed(x, sample_rate)
         base = self.base_embeddings()
 
@@ -125,19 +140,50 @@ class LiteBackend:
 
         weights, sim = matching.match(prompt, base, probe, max_probes=max_probes, budget_s=budget_s)
         enc = matching.blend(self.voices, weights)
-        result = VoiceEncoding(enc.names, enc.weights, enc.table, sim, prompt)
-        log.info("lite voice matched", extra={"voice": result.describe(), "similarity": round(sim, 4)})
+        probes = self.search_probes if search_probes is None else search_probes
+        limit = self.search_budget_s if search_budget_s is None else search_budget_s
+        offset, out_of_time, used = None, False, 0
+        if probes > 1:
+            found = timbre.search(enc.table, self.timbre_scale(),
+                                  lambda table: float(self._probe_embedding(table) @ prompt),
+                                  max_probes=probes, budget_s=limit)
+            used, out_of_time = found.probes, found.out_of_time
+            if found.similarity > found.start_similarity:  # the search's own start is the blend, re-scored
+                offset, sim = found.offset, found.similarity
+            if out_of_time:
+                log.warning("lite voice search ran out of its %.0f s budget after %d of %d probes; using the best "
+                            "voice so far (similarity %.3f)", limit, used, probes, sim)
+        table = enc.table if offset is None else timbre.with_offset(enc.table, offset)
+        result = VoiceEncoding(enc.names, enc.weights, table, sim, prompt, offset, used, out_of_time)
+        log.info("lite voice matched", extra={"voice": result.describe(), "similarity": round(sim, 4),
+                                              "search_probes": used, "out_of_time": out_of_time})
         return result
+
+    def timbre_scale(self) -> np.ndarray:
+        return timbre.timbre_scale(self.voices)
+
+    def check_speech(self, samples: np.ndarray, sample_rate: int) -> float:
+        """Seconds of voice Silero VAD finds in the clip; raises ValidationError below MIN_SPEECH_S."""
+        mask = edits.speech_mask(self.vad.probabilities(samples, sample_rate))
+        speech_s = float(mask.sum()) * edits.VAD_CHUNK / edits.VAD_SR
+        if speech_s < MIN_SPEECH_S:
+            raise ValidationError(
+                f"prompt audio has no voice in it: voice activity detection found {speech_s:.2f} s of speech in "
+                f"{len(samples) / sample_rate:.2f} s (at least {MIN_SPEECH_S} s needed); send a recording of the "
+                "person talking, not silence, noise or music")
+        return speech_s
 
     # --- synthesis ----------------------------------------------------------------------------
 
     def synthesize(self, text: str, voice_enc: VoiceEncoding | None = None, *,
-                   speed: float = 1.0) -> np.ndarray:
-        """English text → mono float32 audio at 24 kHz in the given voice (default: the bundled default)."""
-        return np.concatenate([audio for _, audio in self.iter_synthesize(text, voice_enc, speed=speed)])
+                   speed: float = 1.0, language: str | None = None) -> np.ndarray:
+        """English or Japanese text → mono float32 audio at 24 kHz in the given voice (default: the
+        bundled default). `language` ('en', 'ja') overrides detection by script (kana → Japanese)."""
+        return np.concatenate([audio for _, audio in self.iter_synthesize(text, voice_enc, speed=speed,
+                                                                          language=language)])
 
     def iter_synthesize(self, text: str, voice_enc: VoiceEncoding | None = None, *,
-                        speed: float = 1.0) -> Iterator[tuple[str, np.ndarray]]:
+                        speed: float = 1.0, language: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
         """`synthesize` piece by piece, each rendered when asked for: (piece text, its audio with the
         pause before it). Concatenated, the audio is `synthesize`'s. Bad input fails here, before any
         piece is rendered."""
@@ -149,11 +195,8 @@ class LiteBackend:
         table = (voice_enc or self.voice()).table
         if table.shape != (kokoro.STYLE_ROWS, kokoro.STYLE_DIM):
             raise ValidationError(f"voice style table must be (510, 256), got {table.shape}")
-        if _CJK.search(text):
-            raise BackendUnsupportedError(
-                "the lite backend speaks English only; Chinese, Japanese or Korean text needs the "
-                "Step-Audio-EditX weights (editx download, then --backend editx)")
-        pieces = self.g2p.pieces(text)
+        g2p = self.g2p_ja if detect_language(text, language) == "ja" else self.g2p
+        pieces = g2p.pieces(text)
         if not pieces:
             raise ValidationError(f"nothing pronounceable in text {text[:80]!r}")
         return self._render(pieces, table, speed)

@@ -41,7 +41,8 @@ class LiteEngineBackend:
 
         threads = config.threads or 2
         log.info("loading the lite backend (Kokoro-82M int8 + voice matching)", extra={"threads": threads})
-        return cls(config, LiteBackend.load(threads=threads))
+        return cls(config, LiteBackend.load(threads=threads, search_probes=config.lite_search_probes,
+                                            search_budget_s=config.lite_search_budget_s))
 
     def fingerprint(self) -> str:
         return self.lite.fingerprint
@@ -62,8 +63,13 @@ class LiteEngineBackend:
     def encode_prompt(self, audio: PromptAudio, timeline=None):
         if timeline is None:
             return self.lite.encode_voice(audio.samples, audio.sample_rate)
-        with timeline.stage("voice_match"):
-            return self.lite.encode_voice(audio.samples, audio.sample_rate)
+        with timeline.stage("voice_match") as stage:
+            enc = self.lite.encode_voice(audio.samples, audio.sample_rate)
+            # The timeline says how the match went; out_of_time: the search's time budget ended it and
+            # this is the best voice found so far.
+            stage.update(similarity=round(float(enc.similarity), 4), search_probes=enc.search_probes,
+                         out_of_time=enc.out_of_time)
+            return enc
 
     @staticmethod
     def to_entry(enc):

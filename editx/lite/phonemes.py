@@ -166,21 +166,26 @@ class EnglishG2P:
         sentence's leading phrases): audio streamed piece by piece then starts after a short render
         instead of a full-size one. The rest are packed up to `max_phonemes`.
         """
-        if max_phonemes < 16 or first_phonemes < 16:
-            raise ValidationError(f"max_phonemes and first_phonemes must be at least 16, "
-                                  f"got {max_phonemes} and {first_phonemes}")
-        phonemes = self.phonemize(text)
-        units: list[str] = []
-        for sentence in _SENTENCE_END.split(phonemes):
-            units.extend(_pack(_split_to_fit(sentence, max_phonemes), max_phonemes))
-        if not units:
-            return []
-        first_max = min(first_phonemes, max_phonemes)
-        lead = _split_to_fit(units[0], first_max) + units[1:]
-        first, k = lead[0], 1
-        while k < len(lead) and len(first) + 1 + len(lead[k]) <= first_max:
-            first, k = f"{first} {lead[k]}", k + 1
-        return [first] + _pack(lead[k:], max_phonemes)
+        return split_pieces(self.phonemize(text), max_phonemes, first_phonemes)
+
+
+def split_pieces(phonemes: str, max_phonemes: int = MAX_PHONEMES,
+                 first_phonemes: int = FIRST_PIECE_PHONEMES) -> list[str]:
+    """Cut one phoneme string into pieces for the model (see EnglishG2P.pieces); any language's G2P uses it."""
+    if max_phonemes < 16 or first_phonemes < 16:
+        raise ValidationError(f"max_phonemes and first_phonemes must be at least 16, "
+                              f"got {max_phonemes} and {first_phonemes}")
+    units: list[str] = []
+    for sentence in _SENTENCE_END.split(phonemes):
+        units.extend(_pack(_split_to_fit(sentence, max_phonemes), max_phonemes))
+    if not units:
+        return []
+    first_max = min(first_phonemes, max_phonemes)
+    lead = _split_to_fit(units[0], first_max) + units[1:]
+    first, k = lead[0], 1
+    while k < len(lead) and len(first) + 1 + len(lead[k]) <= first_max:
+        first, k = f"{first} {lead[k]}", k + 1
+    return [first] + _pack(lead[k:], max_phonemes)
 
 
 def _split_to_fit(text: str, limit: int) -> list[str]:

@@ -24,7 +24,7 @@ from editx.errors import ValidationError
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes an encoding changes (probe text, search, voices): cache keys use it.
-FEATURE_VERSION = "lite-voice-1"
+FEATURE_VERSION = "lite-voice-2"
 PROBE_TEXT = "She walks along the quiet river."  # ~2 s: one to two 1.6 s GE2E partials
 GRID_STEPS = 10  # surrogate grid: weights in multiples of 1/10 (1001 points for 5 voices)
 MAX_PROBES = 3  # real syntheses per prompt after the one-time pure-voice probes
@@ -33,13 +33,17 @@ COARSE_POINTS = (1.0, 0.5)  # fractions of the way from the best pure voice to t
 
 @dataclass(frozen=True)
 class VoiceEncoding:
-    """A lite voice: blend weights over named bundled voices and the resulting (510, 256) style table."""
+    """A lite voice: blend weights over named bundled voices, an optional offset of the timbre half
+    (found by the search in editx.lite.timbre), and the resulting (510, 256) style table."""
 
     names: tuple[str, ...]
     weights: np.ndarray  # (K,) float32, ≥ 0, sums to 1
-    table: np.ndarray  # (510, 256) float32 = Σ weights[k] · voices[names[k]]
+    table: np.ndarray  # (510, 256) float32 = Σ weights[k] · voices[names[k]] (+ offset on [:, :128])
     similarity: float = float("nan")  # GE2E cosine of the matched probe to the prompt (nan: not matched)
     embedding: np.ndarray | None = None  # (256,) the prompt's d-vector, when matched from audio
+    offset: np.ndarray | None = None  # (128,) timbre offset added to every row (None: a plain blend)
+    search_probes: int = 0  # syntheses the timbre search made for this voice
+    out_of_time: bool = False  # the search hit its time budget: this is the best voice found so far
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str | int | float]]:
         """Named tensors + flat meta, the form the prompt cache stores."""
@@ -47,8 +51,11 @@ class VoiceEncoding:
                    "style_table": torch.from_numpy(np.ascontiguousarray(self.table, np.float32))}
         if self.embedding is not None:
             tensors["speaker_embedding"] = torch.from_numpy(np.asarray(self.embedding, np.float32))
+        if self.offset is not None:
+            tensors["timbre_offset"] = torch.from_numpy(np.asarray(self.offset, np.float32))
         meta = {"backend": "lite", "feature_version": FEATURE_VERSION, "voices": ",".join(self.names),
-                "similarity": float(self.similarity)}
+                "similarity": float(self.similarity), "search_probes": int(self.search_probes),
+                "out_of_time": int(self.out_of_time)}
         return tensors, meta
 
     @classmethod
@@ -60,12 +67,16 @@ class VoiceEncoding:
         table = tensors["style_table"].detach().cpu().numpy().astype(np.float32)
         if weights.shape != (len(names),) or table.ndim != 2:
             raise ValidationError(f"lite voice encoding has weights {weights.shape} for {len(names)} voices")
-        emb = tensors.get("speaker_embedding")
+        emb, off = tensors.get("speaker_embedding"), tensors.get("timbre_offset")
         return cls(names, weights, table, float(meta.get("similarity", float("nan"))),
-                   None if emb is None else emb.detach().cpu().numpy().astype(np.float32))
+                   None if emb is None else emb.detach().cpu().numpy().astype(np.float32),
+                   None if off is None else off.detach().cpu().numpy().astype(np.float32),
+                   int(meta.get("search_probes", 0)), bool(int(meta.get("out_of_time", 0))))
 
     def describe(self) -> str:
         parts = [f"{w:.2f}·{n}" for n, w in zip(self.names, self.weights) if w > 0]
+        if self.offset is not None:
+            parts.append(f"timbre offset |{float(np.linalg.norm(self.offset)):.2f}|")
         return " + ".join(parts)
 
 

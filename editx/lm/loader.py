@@ -4,7 +4,8 @@ One path for released weights and fixtures: parse config.json, build the model o
 (no memory), stream each checkpoint tensor through the explicit key map into its parameter (converted
 to the target dtype/device one tensor at a time, so peak memory stays about the weights' size), then
 check that every parameter was loaded. Optional quantization afterwards: `int8` (torch dynamic
-quantization of the Linear layers, lm_head included, CPU) or `bnb8`/`bnb4` (bitsandbytes, CUDA).
+quantization of the Linear layers, lm_head included, CPU) or `bnb8`/`bnb4` (bitsandbytes: CUDA, or the
+CPU with bitsandbytes >= 0.50).
 Dynamic int8 quantizes activations per call with one scale for the whole input, so under `int8`
 batched or chunked runs are close to, but not bit-equal with, single-request runs.
 """
@@ -208,8 +209,8 @@ def apply_quantization(model: Step1ForCausalLM, mode: str | None, device: torch.
             warnings.simplefilter("ignore", category=UserWarning)
             return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     if mode in ("bnb8", "bnb4"):
-        if device.type != "cuda":
-            raise ValidationError(f"quantize={mode!r} needs a CUDA device; on CPU use 'int8'")
+        if device.type not in ("cuda", "cpu"):
+            raise ValidationError(f"quantize={mode!r} runs on CUDA or the CPU (bitsandbytes >= 0.50), not {device}")
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
@@ -221,7 +222,8 @@ def apply_quantization(model: Step1ForCausalLM, mode: str | None, device: torch.
 
 
 def _replace_linears(model: nn.Module, bnb, *, four_bit: bool) -> None:
-    # Weights are still on the CPU here; bitsandbytes quantizes them when the module moves to CUDA.
+    # Weights are still on the CPU here; bitsandbytes quantizes them when the module moves to its device
+    # (CUDA, or the CPU itself with bitsandbytes >= 0.50).
     # lm_head stays in full precision, as HF's BitsAndBytesConfig path (upstream's int8/int4) keeps it.
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -247,7 +249,7 @@ def load_step1(model_dir: Path, *, device: torch.device | str = "cpu", dtype: to
         raise ValidationError(f"LM quantization must be one of {', '.join(map(str, LM_QUANTIZATIONS))}, "
                               f"got {mode!r}")
     cfg = read_config(model_dir)
-    # bitsandbytes quantizes on the move to CUDA, so those weights are staged on the CPU first.
+    # bitsandbytes quantizes on the move to the device, so those weights are staged on the CPU first.
     stage = torch.device("cpu") if mode in ("bnb8", "bnb4") else device
     with torch.device("meta"):
         model = Step1ForCausalLM(cfg)

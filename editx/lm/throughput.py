@@ -53,6 +53,7 @@ def bytes_per_token(model: Step1ForCausalLM, context: int) -> int:
 
 
 def _is_linear(m) -> bool:
+    # torch Linear (bitsandbytes' Linear8bitLt/Linear4bit are subclasses) and torch's dynamic int8 one
     return isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear", "DynamicQuantizedLinear")
 
 

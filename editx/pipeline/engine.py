@@ -135,20 +135,24 @@ class Engine:
         return self.run(EditRequest(audio, audio_text, edit_type, info, text=text, iterations=iterations,
                                     seed=seed, sampling=sampling))
 
-    def run(self, request: Request, timeout: float | None = None) -> Result:
-        return self.submit(request).result(timeout=timeout)
+    def run(self, request: Request, timeout: float | None = None, *, verify=None) -> Result:
+        return self.submit(request, verify=verify).result(timeout=timeout)
 
     def submit(self, request: Request, emit: Callable[[AudioChunk], None] | None = None, *,
-               keep_audio: bool = True) -> Future:
+               keep_audio: bool = True, verify=None) -> Future:
         """Queue a request; the Future resolves to a Result. Refused at once, before it takes a
         queue slot: ValidationError / BackendUnsupportedError (what the request itself can be checked
         for), QueueFullError (retry after `.retry_after_s`), StreamLimitError, EngineClosedError.
 
         `emit` receives the last step's audio as AudioChunks while it is made (on the worker thread:
-        it must not block); with `keep_audio=False` the Result then holds no copy of it."""
+        it must not block); with `keep_audio=False` the Result then holds no copy of it.
+        `verify` (None: the config's default, False, True or a VerifyPolicy) checks the output and
+        retries from outside this worker (editx.verify.chain), as does a request without transcript."""
+        if (checked := self._checked(request, emit, keep_audio, verify)) is not None:
+            return checked
         return self._admit(request, emit, keep_audio, None).future
 
-    def stream(self, request: Request) -> AudioStream:
+    def stream(self, request: Request, *, verify=None) -> AudioStream:
         """Audio chunks as they are produced (an iterator; `.result` once it is exhausted). Nothing
         keeps a copy of the streamed audio; closing the stream early cancels the request.
 
@@ -157,8 +161,21 @@ class Engine:
         a reader more than STREAM_LIMIT_FACTOR times that far behind within one round, or one that
         reads nothing for `stream_stall_s` while paused, gets StreamBackpressureError."""
         buffer = ChunkBuffer(self.config.stream_buffer_s, STREAM_LIMIT_FACTOR * self.config.stream_buffer_s)
+        if (checked := self._checked(request, buffer.push, False, verify, buffer)) is not None:
+            return AudioStream(checked, buffer)
         job = self._admit(request, buffer.push, False, buffer)
         return AudioStream(job.future, buffer)
+
+    def _checked(self, request: Request, emit, keep_audio: bool, verify, buffer=None) -> Future | None:
+        """The future of a verified (or transcript-less) request, run as a chain of ordinary
+        submits by editx.verify.chain; None for a plain request."""
+        from editx.verify.chain import needs_transcript, resolve_policy, submit_checked
+
+        policy = resolve_policy(verify, self.config)
+        if policy is None and not needs_transcript(request):
+            return None
+        self.check(request)
+        return submit_checked(self, request, policy, emit=emit, keep_audio=keep_audio, buffer=buffer)
 
     def _admit(self, request: Request, emit, keep_audio: bool, buffer: ChunkBuffer | None) -> Job:
         self.check(request)  # everything the request can be checked for, before it takes a slot
@@ -248,7 +265,7 @@ class Engine:
         `close_grace_s`), then fail what is left with EngineClosedError. Returns once the worker
         stopped (or could not be stopped within CLOSE_MARGIN_S more; its requests are failed anyway)."""
         grace = self.config.close_grace_s if grace_s is None else max(0.0, grace_s)
-        if self._q.close():
+        if self._q.close() or self._deadline is None:  # (None: the worker stopped on its own)
             self._deadline = time.monotonic() + grace
             log.info("engine closing", extra={"grace_s": grace, "pending": self._q.admitted})
         self._worker.join(timeout=max(0.0, self._deadline - time.monotonic()) + 0.1)

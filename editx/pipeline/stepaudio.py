@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import numpy as np
 import torch
@@ -131,8 +132,9 @@ class StepAudioBackend:
                                          new_text=step.new_text)
 
     def run_round(self, jobs, done=None) -> None:
-        """One LM batch for all jobs, then flow + vocoder per job; `done(job)` as each one's audio is
-        ready, so the Engine settles it without waiting for the rest of the batch."""
+        """One LM batch for all jobs, then one batched flow solve for the round's offline jobs and
+        the vocoder per job; `done(job)` as each one's audio is ready, so the Engine settles it
+        without waiting for the rest of the batch."""
         prompts: list[list[int]] = []
         prefixes: list = []
         for job in jobs:  # a prompt that cannot be built fails its job alone
@@ -144,11 +146,13 @@ class StepAudioBackend:
             prompts.append(prompt)
             prefixes.append(prefix)
         outputs = self._generate(jobs, prompts, prefixes)
-        for job, ids in zip(jobs, outputs):
-            if ids is None:
-                continue  # cancelled during decoding; already settled
+        finished = [(job, ids) for job, ids in zip(jobs, outputs) if ids is not None]  # None: failed or cancelled
+        mels = self._flow_round([job for job, _ in finished], [ids for _, ids in finished])
+        for (job, ids), mel in zip(finished, mels):
             try:
-                self._decode(job, ids)
+                if isinstance(mel, Exception):
+                    raise mel
+                self._decode(job, ids, mel)
             except Exception as exc:  # noqa: BLE001 - fail this job only
                 job.fail(exc)
             if done is not None:
@@ -187,8 +191,6 @@ class StepAudioBackend:
 
     def _generate(self, jobs, prompts: list[list[int]], prefixes: list) -> list[list[int] | None]:
         """Decode every job's prompt as one batch; honours cancellation and max_new_tokens per job."""
-        import time
-
         if self.config.lm_loop == "naive":
             return self._generate_naive(jobs, prompts)
 
@@ -252,7 +254,8 @@ class StepAudioBackend:
         for i, job in enumerate(jobs):
             n = len(results[i] or ())
             job.timeline.add_stage("lm_prefill", t_start[i], t_prefill, batch=len(jobs),
-                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss")
+                                   prompt_tokens=len(prompts[i]), prefix_cache="hit" if hit_prefix[i] else "miss",
+                                   cached_tokens=len(prefixes[i][0]) if hit_prefix[i] else 0)
             job.timeline.add_stage("lm_decode", t_start[i] + t_prefill, max(0.0, total - t_prefill),
                                    batch=len(jobs), tokens=n)
             if prefixes[i] is not None:
@@ -338,23 +341,65 @@ class StepAudioBackend:
             snap = session.snapshot(slot, len(pre[0]))
             self.cache.attach(job.cache_key, self._prefix_name(pre[0]), snap, snap.nbytes)
 
-    def _decode(self, job, ids: list[int]) -> None:
-        """Flow + vocoder for a finished round (a streamed round already has its audio)."""
+    def _flow_round(self, jobs, outputs) -> list:
+        """The flow mel of every offline job of a round (None for a streamed one, which has its
+        audio), or the exception that failed it. Jobs share each Euler step's DiT call (batched by
+        length, editx.decoder.batch); if the shared solve fails, each job is solved alone so that a
+        failure stays with the job that caused it."""
         from editx.tokenizer.speech import lm_ids_to_mixed
 
-        tl, enc = job.timeline, job.prompt
+        mels: list = [None] * len(jobs)
+        work = []  # (index, FlowJob, start on the job's timeline, attrs)
+        for i, (job, ids) in enumerate(zip(jobs, outputs)):
+            if job.fed:
+                continue
+            try:
+                mixed = lm_ids_to_mixed(ids, drop_invalid=True)
+                # a clone's prime is shared by its voice's requests (an edit's input is new each time)
+                use_prime = self.config.offline_prime and job.step.op == "clone" and mixed.size
+                prime = self._offline_prime(job) if use_prime else None  # its own stage on a miss
+                enc, t0 = job.prompt, job.timeline.elapsed()
+                fj = self.decoder.flow_job(enc.mixed, enc.mel, enc.spk, mixed, primed=prime,
+                                           n_steps=self.config.flow_steps)
+                work.append((i, fj, t0, {"tokens": int(mixed.size), "primed": prime is not None}))
+            except Exception as exc:  # noqa: BLE001 - fail this job only
+                mels[i] = exc
+        if not work:
+            return mels
+        steps, t0 = self.config.flow_steps, time.perf_counter()
+        try:
+            solved = self.decoder.solve_flow_jobs([fj for _, fj, _, _ in work], n_steps=steps)
+        except Exception:  # noqa: BLE001 - retry alone: the failure belongs to one job, not the round
+            log.warning("batched flow failed; solving the round's %d jobs one by one", len(work), exc_info=True)
+            solved = [self._solve_alone(fj, steps) for _, fj, _, _ in work]
+        solve_s = time.perf_counter() - t0
+        for (i, fj, start, attrs), mel in zip(work, solved):
+            tl = jobs[i].timeline  # from this job's encoder work to the end of the shared solve
+            tl.add_stage("flow", start, max(0.0, tl.elapsed() - start), steps=steps, batch=len(work),
+                         frames=fj.frames, cached_frames=fj.cached, solve_s=round(solve_s, 6), **attrs)
+            mels[i] = mel
+        return mels
+
+    def _offline_prime(self, job):
+        """The voice's prime for an offline clone, or None (the exact one pass) when making it
+        failed: the prime only saves work, so its failure must not fail the request."""
+        try:
+            return self._stream_prime(job)
+        except Exception:  # noqa: BLE001 - fall back to upstream's one pass
+            log.warning("flow prime failed; decoding this clone in one pass", exc_info=True)
+            return None
+
+    def _solve_alone(self, fj, steps: int):
+        try:
+            return self.decoder.solve_flow_jobs([fj], n_steps=steps)[0]
+        except Exception as exc:  # noqa: BLE001 - this job's own failure
+            return exc
+
+    def _decode(self, job, ids: list[int], mel) -> None:
+        """Vocoder for a finished round's flow mel (a streamed round already has its audio)."""
         job.lm_tokens += len(ids)
         if not job.fed:
-            mixed = lm_ids_to_mixed(ids, drop_invalid=True)
-            # a clone's prime is shared by its voice's requests (an edit's input is new each time)
-            use_prime = self.config.offline_prime and job.step.op == "clone" and mixed.size
-            prime = self._stream_prime(job) if use_prime else None
-            with tl.stage("flow", tokens=int(mixed.size), steps=self.config.flow_steps, primed=prime is not None):
-                if prime is not None:
-                    mel = self.decoder.token2mel_primed(prime, mixed, n_steps=self.config.flow_steps)
-                else:
-                    mel = self.decoder.token2mel(enc.mixed, enc.mel, enc.spk, mixed, n_steps=self.config.flow_steps)
-            with tl.stage("vocoder", frames=int(mel.shape[-1])):
+            with job.timeline.stage("vocoder", frames=int(mel.shape[-1])):
                 audio = self.decoder.mel2wav(mel, generator=job.generator)
             job.output = np.asarray(audio, dtype=np.float32).reshape(-1)
         record = {"step": job.step.op, "edit_type": job.step.edit_type, "edit_info": job.step.edit_info,
@@ -387,8 +432,9 @@ class StepAudioBackend:
         # the streaming decode too: its setup and chunk shapes differ from the offline flow's
         enc = job.prompt
         prime = None
-        if self.config.stream_prime:
-            prime = self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
+        if self.config.stream_prime:  # the offline round above made it already when offline_prime is on
+            made = job.flow_prime[1] if job.flow_prime is not None and job.flow_prime[0] is enc else None
+            prime = made or self.decoder.prime_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps)
         stream = self.decoder.open_stream(enc.mixed, enc.mel, enc.spk, n_steps=self.config.flow_steps,
                                           chunk_rows=self.config.stream_chunk_rows, prime=prime)
         stream.finish(WARMUP_GROUP)  # the prompt side, then one last chunk: the smallest stream

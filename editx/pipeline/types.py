@@ -95,10 +95,11 @@ class Edit:
 
 @dataclass(frozen=True)
 class CloneRequest:
-    """Speak `text` in the voice of `prompt_audio` (whose transcript is `prompt_text`)."""
+    """Speak `text` in the voice of `prompt_audio` (whose transcript is `prompt_text`; None: the
+    Engine transcribes the prompt with its verification ASR and returns what it heard)."""
 
     prompt_audio: PromptAudio
-    prompt_text: str
+    prompt_text: str | None
     text: str
     seed: int | None = None
     sampling: SamplingConfig | None = None
@@ -111,7 +112,9 @@ class CloneRequest:
     edits: tuple[Edit, ...] = ()  # further edits, in order, after the `edit_type` one (plain-words instructions)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt_text", _check_text("prompt_text", self.prompt_text, required=True))
+        object.__setattr__(self, "prompt_text", _check_text("prompt_text", self.prompt_text, required=False))
+        if self.prompt_text == "":
+            raise ValidationError("prompt_text must not be empty (leave it out to have the prompt transcribed)")
         object.__setattr__(self, "text", _check_text("text", self.text, required=True))
         _check_seed(self.seed)
         if not (isinstance(self.speed, (int, float)) and MIN_SPEED <= self.speed <= MAX_SPEED):
@@ -138,10 +141,11 @@ class CloneRequest:
 
 @dataclass(frozen=True)
 class EditRequest:
-    """Edit `audio` (transcript `audio_text`) by `edit_type`/`edit_info`, `iterations` times."""
+    """Edit `audio` (transcript `audio_text`; None: transcribed by the Engine's ASR) by
+    `edit_type`/`edit_info`, `iterations` times."""
 
     audio: PromptAudio
-    audio_text: str
+    audio_text: str | None
     edit_type: str
     edit_info: str | None = None
     text: str | None = None  # new text, for paralinguistic edits
@@ -150,7 +154,9 @@ class EditRequest:
     sampling: SamplingConfig | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "audio_text", _check_text("audio_text", self.audio_text, required=True))
+        object.__setattr__(self, "audio_text", _check_text("audio_text", self.audio_text, required=False))
+        if self.audio_text == "":
+            raise ValidationError("audio_text must not be empty (leave it out to have the clip transcribed)")
         object.__setattr__(self, "text", _check_text("text", self.text, required=False))
         edit_type, edit_info = normalize_edit(self.edit_type, self.edit_info, self.text)
         object.__setattr__(self, "edit_type", edit_type)
@@ -183,7 +189,9 @@ class Result:
     """Output audio (24 kHz float32) plus the measured timeline of how it was made.
 
     `audio` is empty for a request streamed with keep_audio=False (Engine.stream): its audio went to
-    the consumer chunk by chunk and nothing kept a copy; `duration_s` still says how long it was."""
+    the consumer chunk by chunk and nothing kept a copy; `duration_s` still says how long it was.
+    `verification` holds the scores of a verified request (editx.verify.Verification);
+    `input_transcript` what the ASR heard in the input when the request came without its transcript."""
 
     audio: np.ndarray
     sample_rate: int
@@ -191,6 +199,8 @@ class Result:
     backend: str
     lm_tokens: int = 0
     iterations: list[dict[str, Any]] = field(default_factory=list)
+    verification: Any = None
+    input_transcript: str | None = None
 
     @property
     def duration_s(self) -> float:

@@ -224,10 +224,14 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
     from editx.server.routes_admin import router as admin_router
     from editx.server.routes_audio import router as audio_router
     from editx.server.routes_openai_voices import router as openai_voices_router
+    from editx.server.routes_scripts import router as scripts_router
+    from editx.server.routes_sessions import router as sessions_router
 
     app.include_router(admin_router)
     app.include_router(audio_router)
     app.include_router(openai_voices_router)
+    app.include_router(scripts_router)
+    app.include_router(sessions_router)
 
     @app.get("/", include_in_schema=False)
     async def _index():

@@ -67,7 +67,7 @@ async def cache_clear(request: Request):
 
 @router.post("/v1/voices", tags=["voices"], response_model=VoiceOut, status_code=201,
              summary="Register a reference clip and its transcript; its encoding is cached at once")
-async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str = Form(...),
+async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str | None = Form(None),
                     name: str = Form("voice"), consent: str = Form("")):
     from editx.server.routes_audio import decode_upload
     from editx.server.routes_openai_voices import consented_sample
@@ -76,6 +76,10 @@ async def add_voice(request: Request, file: UploadFile = File(...), prompt_text:
     audio = await decode_upload(request, await file.read())
     if consent or request.app.state.settings.require_consent:
         await consented_sample(request, consent, audio)
+    if prompt_text is None or not prompt_text.strip():  # the ASR writes the transcript (editx[quality])
+        from editx.verify.chain import transcribe
+
+        prompt_text = await run_in_threadpool(transcribe, engine, audio)
     store = request.app.state.store
     voice = await run_in_threadpool(store.add, name, prompt_text, audio)
     await run_in_threadpool(engine.warm_prompt, audio)

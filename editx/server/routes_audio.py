@@ -15,7 +15,8 @@ from editx.config import SamplingConfig
 from editx.errors import BackendUnsupportedError, ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
-from editx.server.schemas import EditJSONRequest, SpeechRequest, VoiceRef
+from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest, VoiceRef
+from editx.server.verify_http import load_models_if, policy_for, verification_fields, verification_headers
 
 router = APIRouter(tags=["audio"])
 
@@ -38,7 +39,8 @@ async def encoded_response(result, fmt: str, headers: dict | None = None) -> Res
 
     body = await run_in_threadpool(encode_audio, result.audio, result.sample_rate, fmt)
     return Response(body, media_type=MEDIA_TYPES[fmt], headers={
-        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend, **(headers or {})})
+        "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend,
+        **verification_headers(result), **(headers or {})})
 
 
 @router.post("/v1/audio/speech", summary="Speak text in a built-in or registered voice (OpenAI-compatible)")
@@ -68,20 +70,22 @@ async def speech(body: SpeechRequest, request: Request):
             raise BackendUnsupportedError(f"instructions {body.instructions[:80]!r} mean {applied}; {exc}") from None
         raise
     headers = {"X-Editx-Edits": applied.encode("ascii", "backslashreplace").decode()} if applied else {}
+    verify = policy_for(engine, x.verify)
+    await load_models_if(engine, verify, needs_transcript=False)
     if body.stream_format is not None:
-        return stream_response(request, engine, req, body.response_format, body.stream_format, headers)
-    result = await await_job(request, engine, engine.submit(req))
+        return stream_response(request, engine, req, body.response_format, body.stream_format, verify, headers)
+    result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, body.response_format, headers)
 
 
-def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str, verify=None,
                     headers: dict | None = None) -> StreamingResponse:
     """Chunked WAV/PCM as audio is produced, or OpenAI's SSE events (speech.audio.delta with base64
     audio in the response format, then speech.audio.done with usage)."""
     from editx.audio.io import wav_header
 
     engine.backend.check(req)
-    chunks = engine.stream(req)
+    chunks = engine.stream(req, verify=verify)  # checked after the fact: scores in the done event
     sentinel = object()
 
     async def gen():
@@ -111,6 +115,7 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
             if stream_format == "sse":
                 tl = chunks.result.timeline
                 summary = {k: tl.get(k) for k in ("audio_s", "total_s", "ttfa_s", "rtf", "lm_tokens")}
+                summary.update(verification_fields(chunks.result))
                 # input: characters of the text; output: the LM's audio tokens (0 for the lite backend)
                 usage = {"input_tokens": len(req.text), "output_tokens": int(chunks.result.lm_tokens)}
                 usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
@@ -145,7 +150,12 @@ async def edits(request: Request):
             raise ValidationError("multipart field 'file' (the audio clip) is required")
         data = await upload.read()
         fields = {k: form.get(k) for k in ("audio_text", "edit_type", "edit_info", "text", "iterations", "seed",
-                                           "response_format")}
+                                           "response_format", "editx")}
+        if isinstance(fields["editx"], str):  # the editx extras travel as a JSON string in a form
+            try:
+                fields["editx"] = json.loads(fields["editx"])
+            except ValueError:
+                raise ValidationError("form field 'editx' must be a JSON object") from None
         try:
             fields = EditJSONRequest.model_validate(
                 {"audio_base64": "x", **{k: v for k, v in fields.items() if v not in (None, "")}}
@@ -157,5 +167,7 @@ async def edits(request: Request):
     audio = await decode_upload(request, data)
     req = EditRequest(audio, fields["audio_text"], fields["edit_type"], fields["edit_info"], text=fields["text"],
                       iterations=fields["iterations"], seed=fields["seed"])
-    result = await await_job(request, engine, engine.submit(req))
+    verify = policy_for(engine, EditExtras.model_validate(fields["editx"]).verify)
+    await load_models_if(engine, verify, needs_transcript=req.audio_text is None)
+    result = await await_job(request, engine, engine.submit(req, verify=verify))
     return await encoded_response(result, fields["response_format"])

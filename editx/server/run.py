@@ -25,7 +25,14 @@ def serve(args, config) -> int:
     if cluster_requested(args):  # Ray Serve; ray is imported only on this path
 
         return serve_cluster(config, settings, ClusterOptions.from_args(args), host=args.host, port=args.port)
-    app = create_app(loader=lambda: Engine.load(config), settings=settings,
+    def load():
+        from editx.verify.chain import preload
+
+        engine = Engine.load(config)
+        preload(engine)  # the verification models, when EDITX_VERIFY is on
+        return engine
+
+    app = create_app(loader=load, settings=settings,
                      store=make_voice_store(settings, config.redis_url))
     log.info("serving", extra={"host": args.host, "port": args.port, "backend": config.resolved_backend,
                                "auth": bool(settings.api_keys), "data_dir": str(settings.data_dir)})

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from editx.server.verify_http import VerifySpec
+
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]  # OpenAI's six
 
 
@@ -18,6 +20,15 @@ class EditxOptions(BaseModel):
     edit_info: str | None = None
     iterations: int = Field(1, ge=1, le=10)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    verify: VerifySpec = Field(None, description="check the words and voice, retry below thresholds: true, "
+                               "false, or {max_wer, min_speaker_sim, attempts, language}; default: the server's")
+
+
+class EditExtras(BaseModel):
+    """editx extensions of an edit request (its `editx` field; a JSON string in multipart forms)."""
+
+    model_config = ConfigDict(extra="forbid")
+    verify: VerifySpec = Field(None, description="as in a speech request's editx.verify")
 
 
 class VoiceRef(BaseModel):
@@ -53,13 +64,15 @@ class EditJSONRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     audio_base64: str = Field(..., min_length=1)
-    audio_text: str = Field(..., min_length=1, max_length=20_000)
+    audio_text: str | None = Field(None, min_length=1, max_length=20_000,
+                                   description="the clip's transcript; left out: transcribed by the server's ASR")
     edit_type: str
     edit_info: str | None = None
     text: str | None = Field(None, max_length=20_000)
     iterations: int = Field(1, ge=1, le=10)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     response_format: ResponseFormat = "wav"
+    editx: EditExtras = Field(default_factory=EditExtras)
 
 
 class VoiceOut(BaseModel):

@@ -1,0 +1,1 @@
+"""Dialogue scripts: many voices, inline edits and pauses in one request (parse, plan, render, captions)."""
