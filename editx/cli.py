@@ -144,10 +144,21 @@ def _run_request(args: argparse.Namespace, req) -> int:
 
 # ---- commands ------------------------------------------------------------------------------------
 def _cmd_clone(args: argparse.Namespace) -> int:
+    from editx.pipeline.instructions import parse_instructions, to_edits
     from editx.pipeline.types import CloneRequest
 
     prompt_audio = args.prompt_audio or DEFAULT_PROMPT
     prompt_text = args.prompt_text
+    if args.voice is not None:
+        if args.prompt_audio is not None:
+            raise EditxError("give --voice or --prompt-audio, not both")
+        from editx.server.builtin_voices import BuiltinVoices
+
+        builtins = BuiltinVoices()
+        name = builtins.find(args.voice)
+        if name is None:
+            raise EditxError(f"unknown built-in voice {args.voice!r}; built-in voices: {', '.join(builtins.names)}")
+        prompt_audio, prompt_text = builtins.root / builtins.voice_file(name), builtins.voice(name).prompt_text
     if prompt_text is None and args.prompt_audio is None:  # (a clip without one is transcribed by the ASR)
         prompt_text = DEFAULT_PROMPT.with_suffix(".txt").read_text().strip()
     if not Path(prompt_audio).is_file():
@@ -159,8 +170,12 @@ def _cmd_clone(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise EditxError(f"cannot read --text-file {args.text_file}: {exc}") from None
     audio = _read_audio(Path(prompt_audio))
+    mapped = parse_instructions(args.instructions)
+    if mapped:
+        log.info("instructions understood as: %s", ", ".join(m.describe() for m in mapped))
     req = CloneRequest(audio, prompt_text, text, seed=args.seed, edit_type=args.edit_type,
-                       edit_info=args.edit_info, iterations=args.iterations, speed=args.speed)
+                       edit_info=args.edit_info, iterations=args.iterations, speed=args.speed,
+                       edits=to_edits(mapped, text))
     return _run_request(args, req)
 
 
@@ -183,6 +198,15 @@ def _cmd_edits(args: argparse.Namespace) -> int:
         else:
             print(f"{edit_type}: {', '.join(values) if values else '(no value)'}")
     print(f"language tags (prefix the text to speak): {' '.join(LANGUAGE_TAGS)}")
+    from editx.pipeline.instructions import phrasebook
+
+    book = phrasebook()
+    print("\ninstructions in plain words (clone --instructions, speech `instructions`), e.g.: "
+          + "; ".join(book["examples"]))
+    for edit_type, values in book["phrasings"].items():
+        for value, words in values.items():
+            print(f"  {edit_type} {value}: {', '.join(words)}")
+    print("  intensity: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in book["intensity"].items()))
     return 0
 
 
@@ -288,13 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt-audio", type=Path, default=None, help="reference clip (default: the bundled one)")
     c.add_argument("--prompt-text", default=None,
                    help="transcript of the reference clip (left out: transcribed by the ASR, editx[quality])")
+    c.add_argument("--voice", default=None, help="a built-in voice (alloy, ash, …) instead of --prompt-audio")
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="text to speak (any length: long texts go in sentence segments)")
     src.add_argument("--text-file", type=Path, help="read the text to speak from this UTF-8 file")
     c.add_argument("--edit-type", default=None, help="also apply this edit to the result")
     c.add_argument("--edit-info", default=None)
     c.add_argument("--iterations", type=int, default=1)
-    c.add_argument("--speed", type=float, default=1.0)
+    c.add_argument("--speed", type=float, default=1.0, help="0.25–4.0 (OpenAI's range)")
+    c.add_argument("--instructions", default=None,
+                   help="edits in plain words, e.g. 'very sad, then a bit faster' or '用悲伤的语气' (see `editx edits`)")
     _add_output_args(c)
     c.set_defaults(func=_cmd_clone)
 

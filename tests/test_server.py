@@ -51,7 +51,12 @@ def register(c, **headers) -> str:
 
 def test_health_ready_models_edits(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json()["status"] == "ready"
+    import time
+
+    deadline = time.monotonic() + 300  # built-in voices are warmed in the background first
+    while (ready := client.get("/readyz").json()["status"]) == "warming" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ready == "ready"
     models = client.get("/v1/models").json()
     assert models["data"][0]["backend"] == "editx"
     edits = client.get("/v1/edits").json()
@@ -61,16 +66,18 @@ def test_health_ready_models_edits(client):
 
 def test_voice_registry_and_speech(client):
     vid = register(client)
-    assert [v["id"] for v in client.get("/v1/voices").json()["data"]] == [vid]
+    listed = client.get("/v1/voices").json()["data"]
+    assert [v["id"] for v in listed if not v["builtin"]] == [vid] and "alloy" in [v["id"] for v in listed]
     assert client.get(f"/v1/voices/{vid}").json()["prompt_text"] == "hello world"
     # registration warmed the cache: the first synthesis is already a hit
-    r = client.post("/v1/audio/speech", json={"input": "good morning", "voice": vid, "editx": {"seed": 3}})
+    r = client.post("/v1/audio/speech", json={"input": "good morning", "voice": vid, "response_format": "wav",
+                                              "editx": {"seed": 3}})
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     timeline = json.loads(r.headers["x-editx-timeline"])
     assert timeline["cache"]["prompt"] in ("memory", "disk")
     audio, sr = sf.read(io.BytesIO(r.content), dtype="float32")
     assert sr == 24000 and audio.size > 0
-    for fmt in ("flac", "mp3", "opus", "pcm"):
+    for fmt in ("flac", "mp3", "opus", "aac", "pcm"):
         r = client.post("/v1/audio/speech", json={"input": "hi", "voice": vid, "response_format": fmt,
                                                   "editx": {"seed": 3}})
         assert r.status_code == 200 and len(r.content) > 0, fmt
@@ -89,12 +96,12 @@ def test_speech_with_instructions_runs_an_edit(client):
 
 def test_streaming_wav_and_sse(client):
     vid = register(client)
-    with client.stream("POST", "/v1/audio/speech", json={"input": "stream me", "voice": vid,
+    with client.stream("POST", "/v1/audio/speech", json={"input": "stream me", "voice": vid, "response_format": "wav",
                                                           "stream_format": "audio", "editx": {"seed": 2}}) as r:
         body = b"".join(r.iter_bytes())
     assert r.status_code == 200 and body[:4] == b"RIFF" and len(body) > 44
     r = client.post("/v1/audio/speech", json={"input": "stream me", "voice": vid, "stream_format": "sse",
-                                              "editx": {"seed": 2}})
+                                              "response_format": "pcm", "editx": {"seed": 2}})
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert events[-1]["type"] == "speech.audio.done"
     pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
@@ -112,7 +119,8 @@ def test_sse_stream_that_fails_ends_with_an_error_event(client, monkeypatch, exc
         raise exc
 
     monkeypatch.setattr(client.app.state.holder.engine.backend.decoder, "prime_stream", broken)
-    r = client.post("/v1/audio/speech", json={"input": "stream me", "voice": vid, "stream_format": "sse"})
+    r = client.post("/v1/audio/speech", json={"input": "stream me", "voice": vid, "stream_format": "sse",
+                                              "response_format": "pcm"})
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert r.status_code == 200 and events[-1]["type"] == "error"
     assert events[-1]["error"]["message"] == message and "Traceback" not in r.text
@@ -131,7 +139,8 @@ def test_edits_multipart_and_json(client):
 @pytest.mark.parametrize("body,status,needle", [
     ({"input": "x", "voice": "voice_0123456789abcdef"}, 404, "unknown voice"),
     ({"input": "x", "voice": "../../etc/passwd"}, 404, "unknown voice"),
-    ({"input": "", "voice": "v"}, 422, "input"),
+    ({"input": "", "voice": "alloy"}, 400, "text"),
+    ({"input": "x", "voice": "v"}, 404, "alloy"),
     ({"input": "x", "voice": "v", "response_format": "aiff"}, 422, "response_format"),
     ({"input": "x", "voice": "v", "speed": 9}, 422, "speed"),
     ({"input": 3, "voice": "v"}, 422, "input"),

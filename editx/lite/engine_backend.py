@@ -51,11 +51,11 @@ class LiteEngineBackend:
         return edit_type in LITE_EDITS
 
     def check(self, request: Request) -> None:
-        edit_type = request.edit_type
-        if edit_type is not None and edit_type not in LITE_EDITS:
-            raise BackendUnsupportedError(
-                f"the {edit_type} edit needs the Step-Audio-EditX weights (start editx with --model-dir); "
-                f"the offline lite backend can do: {', '.join(LITE_EDITS)}")
+        for edit_type in (e.edit_type for e in request.chain):
+            if edit_type not in LITE_EDITS:
+                raise BackendUnsupportedError(
+                    f"the {edit_type} edit needs the Step-Audio-EditX weights (start editx with --model-dir); "
+                    f"the offline lite backend can do: {', '.join(LITE_EDITS)}")
 
     def needs_prompt(self, step) -> bool:
         return step.op == "clone"  # edits work on the samples themselves

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from editx.audio.stretch import time_stretch
 from editx.errors import CancelledError, EditxError, StreamBackpressureError
 from editx.pipeline.splice import StreamJoiner
 from editx.pipeline.types import AudioChunk, PromptAudio, Request, Result, Step
@@ -117,7 +118,11 @@ class Job:
         """The next final samples of this round's output (backends call this to stream)."""
         self.fed = True
         self.heartbeat()
-        self._out(self._joiner.feed(np.asarray(samples, dtype=np.float32).reshape(-1)))
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self.step.stretch != 1.0 and samples.size:
+            # the part of OpenAI `speed` the backend's own synthesis cannot reach (types.split_speed)
+            samples = time_stretch(samples, self.sample_rate, self.step.stretch)
+        self._out(self._joiner.feed(samples))
 
     def end_part(self) -> None:
         if not self.fed:

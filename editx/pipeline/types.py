@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,12 @@ OUTPUT_SAMPLE_RATE = 24_000  # HiFT / Kokoro output rate
 MAX_TEXT_CHARS = 20_000  # long-form splitting handles anything below this
 MAX_ITERATIONS = 10  # upstream UI offers 1..5 iterated edits; more is rarely useful and costs linearly
 MAX_SEED = 2**63 - 1
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # OpenAI's `speed` range
+# What a backend's own synthesis covers: Kokoro's duration scale (editx.lite.kokoro.SPEED_RANGE) for a
+# native-speed backend, the upstream speed edits ("more slower" .. "more faster", editx.lite.edits
+# SPEED_FACTORS) otherwise. The rest of a requested speed is a WSOLA time-stretch of the result.
+NATIVE_SPEED_RANGE = (0.5, 2.0)
+EDIT_SPEED_RANGE = (0.67, 1.5)
 
 
 def _check_text(name: str, value: str | None, *, required: bool) -> str | None:
@@ -70,6 +76,24 @@ class PromptAudio:
 
 
 @dataclass(frozen=True)
+class Edit:
+    """One link of an edit chain: `edit_type`/`edit_info` applied `iterations` times. `text` is the
+    new text (tags inserted) of a paralinguistic edit."""
+
+    edit_type: str
+    edit_info: str | None = None
+    iterations: int = 1
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", _check_text("text", self.text, required=False))
+        edit_type, edit_info = normalize_edit(self.edit_type, self.edit_info, self.text)
+        object.__setattr__(self, "edit_type", edit_type)
+        object.__setattr__(self, "edit_info", edit_info)
+        _check_iterations(self.iterations)
+
+
+@dataclass(frozen=True)
 class CloneRequest:
     """Speak `text` in the voice of `prompt_audio` (whose transcript is `prompt_text`; None: the
     Engine transcribes the prompt with its verification ASR and returns what it heard)."""
@@ -85,6 +109,7 @@ class CloneRequest:
     edit_info: str | None = None
     iterations: int = 1
     speed: float = 1.0  # OpenAI `speed`; lite synthesises at this rate, editx maps it to a speed edit
+    edits: tuple[Edit, ...] = ()  # further edits, in order, after the `edit_type` one (plain-words instructions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompt_text", _check_text("prompt_text", self.prompt_text, required=False))
@@ -92,13 +117,24 @@ class CloneRequest:
             raise ValidationError("prompt_text must not be empty (leave it out to have the prompt transcribed)")
         object.__setattr__(self, "text", _check_text("text", self.text, required=True))
         _check_seed(self.seed)
-        if not (isinstance(self.speed, (int, float)) and 0.25 <= self.speed <= 4.0):
-            raise ValidationError(f"speed must be in 0.25..4.0, got {self.speed!r}")
+        if not (isinstance(self.speed, (int, float)) and MIN_SPEED <= self.speed <= MAX_SPEED):
+            raise ValidationError(f"speed must be in {MIN_SPEED}..{MAX_SPEED}, got {self.speed!r}")
         _check_iterations(self.iterations)
         if self.edit_type is not None:
             edit_type, edit_info = normalize_edit(self.edit_type, self.edit_info, self.text)
             object.__setattr__(self, "edit_type", edit_type)
             object.__setattr__(self, "edit_info", edit_info)
+        object.__setattr__(self, "edits", tuple(self.edits))
+        if not all(isinstance(e, Edit) for e in self.edits):
+            raise ValidationError("edits must be Edit objects")
+        if sum(e.iterations for e in self.chain) > MAX_ITERATIONS * 2:
+            raise ValidationError(f"at most {MAX_ITERATIONS * 2} edit rounds per request")
+
+    @property
+    def chain(self) -> tuple[Edit, ...]:
+        """Every edit of this request in the order it runs."""
+        first = (Edit(self.edit_type, self.edit_info, self.iterations, self.text),) if self.edit_type else ()
+        return first + self.edits
 
     op = "clone"
 
@@ -127,6 +163,10 @@ class EditRequest:
         object.__setattr__(self, "edit_info", edit_info)
         _check_iterations(self.iterations)
         _check_seed(self.seed)
+
+    @property
+    def chain(self) -> tuple[Edit, ...]:
+        return (Edit(self.edit_type, self.edit_info, self.iterations, self.text),)
 
     op = "edit"
 
@@ -180,6 +220,7 @@ class Step:
     edit_info: str | None = None
     new_text: str | None = None  # paralinguistic: the text with its tags
     speed: float = 1.0
+    stretch: float = 1.0  # a pitch-preserving time-stretch of this round's output (> 1: faster)
 
 
 # OpenAI `speed` → the nearest upstream speed edit (for backends without a native rate control)
@@ -195,17 +236,34 @@ def speed_edit_for(speed: float) -> str | None:
     return None
 
 
+def split_speed(speed: float, native_speed: bool) -> tuple[float, str | None, float]:
+    """(clone speed, speed edit, stretch) that together make OpenAI `speed`: what the backend's own
+    synthesis or speed edit covers, and a time-stretch of the result for the rest."""
+    if native_speed:
+        lo, hi = NATIVE_SPEED_RANGE
+        native = min(max(speed, lo), hi)
+        return native, None, speed / native
+    lo, hi = EDIT_SPEED_RANGE
+    return 1.0, speed_edit_for(speed), speed / min(max(speed, lo), hi)
+
+
 def plan_steps(request: Request, native_speed: bool) -> tuple[Step, ...]:
     """The rounds a request takes; iterated edits feed each output into the next round."""
     steps: list[Step] = []
     if isinstance(request, CloneRequest):
-        speed = request.speed if native_speed else 1.0
+        speed, speed_edit, stretch = split_speed(request.speed, native_speed)
         steps.append(Step("clone", request.text, prompt_text=request.prompt_text, speed=speed))
-        if request.edit_type is not None:
-            steps += [Step("edit", request.text, edit_type=request.edit_type, edit_info=request.edit_info,
-                           new_text=request.text)] * request.iterations
-        if not native_speed and (info := speed_edit_for(request.speed)):
-            steps.append(Step("edit", request.text, edit_type="speed", edit_info=info))
+        audio_text = request.text
+        for e in request.chain:
+            for _ in range(e.iterations):
+                steps.append(Step("edit", audio_text, edit_type=e.edit_type, edit_info=e.edit_info,
+                                  new_text=e.text or request.text))
+            if e.edit_type == "paralinguistic" and e.text:
+                audio_text = e.text  # the edited audio now says the new text
+        if speed_edit:
+            steps.append(Step("edit", audio_text, edit_type="speed", edit_info=speed_edit))
+        if abs(stretch - 1.0) > 1e-6:
+            steps[-1] = replace(steps[-1], stretch=stretch)
         return tuple(steps)
     audio_text = request.audio_text
     for _ in range(request.iterations):

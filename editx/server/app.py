@@ -32,6 +32,7 @@ from editx.errors import (
     QueueFullError,
     ValidationError,
 )
+from editx.server.consent import UnknownConsentError
 from editx.server.limits import APIKeyMiddleware, BodyLimitMiddleware
 from editx.server.settings import ServerSettings
 from editx.server.voices import UnknownVoiceError
@@ -48,10 +49,14 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/", "/static", "/openapi.jso
 class EngineHolder:
     """Holds the Engine once loaded (in a background thread, so /healthz answers during load)."""
 
-    def __init__(self, engine=None, loader=None) -> None:
+    def __init__(self, engine=None, loader=None, prepare=None) -> None:
         self.engine = engine
         self.error: str | None = None
         self._loader = loader
+        self._prepare = prepare  # prepare(engine) after loading (built-in voices into the prompt cache)
+        self.prepared = prepare is None
+        self.stopping = threading.Event()  # set at shutdown: preparation stops early
+        self._prepare_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.closed = False
@@ -73,17 +78,42 @@ class EngineHolder:
             closed = self.closed
         if closed:  # shut down while it was loading
             close_engine(engine)
+            return
+        self.prepare()
 
     def close(self) -> None:
         """Close the engine (work still in it fails with 'engine closed') and its cache; idempotent."""
+        self.stopping.set()  # start-up preparation stops early
         with self._lock:
             self.closed, engine = True, self.engine
         if engine is not None:
             close_engine(engine)
 
+    def prepare(self) -> None:
+        """Run `prepare` once; its failure is logged, never fatal (requests then warm what they use)."""
+        with self._prepare_lock:
+            if self.prepared or self.engine is None:
+                return
+            try:
+                self._prepare(self.engine, self.stopping)
+            except Exception:
+                if not self.stopping.is_set():
+                    log.exception("start-up preparation failed; serving anyway")
+            finally:
+                self.prepared = True
+
+    def prepare_in_background(self) -> None:
+        if not self.prepared and self.engine is not None:
+            threading.Thread(target=self.prepare, name="editx-prepare", daemon=True).start()
+
+    @property
+    def serving(self) -> bool:
+        """Requests are taken (the engine is loaded); `ready` also waits for the start-up preparation."""
+        return self.engine is not None and getattr(self.engine, "ready", False)
+
     @property
     def ready(self) -> bool:
-        return self.engine is not None and getattr(self.engine, "ready", False)
+        return self.serving and self.prepared
 
 
 def close_engine(engine) -> None:
@@ -125,7 +155,7 @@ def error_body(exc: BaseException) -> tuple[int, dict]:
 
 
 def _status_for(exc: EditxError) -> tuple[int, str]:
-    if isinstance(exc, UnknownVoiceError):
+    if isinstance(exc, (UnknownVoiceError, UnknownConsentError)):
         return 404, "not_found"
     if isinstance(exc, QueueFullError):
         return 429, "queue_full"
@@ -150,14 +180,18 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
 
 def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None) -> FastAPI:
     """Build the app around a loaded `engine`, or a `loader` that builds one in the background."""
+    from editx.server.openai_setup import consent_parts, registry
+
     settings = settings or ServerSettings.from_env()
-    holder = EngineHolder(engine, loader)
-    store = store or make_voice_store(settings)
+    store, prepare = registry(store or make_voice_store(settings), settings)
+    holder = EngineHolder(engine, loader, prepare)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        holder.start()
+        holder.start()  # loads, then prepares, in the background
+        holder.prepare_in_background()  # an engine given loaded: prepare now (/readyz waits for it)
         yield
+        holder.stopping.set()
         # uvicorn has let in-flight requests finish (up to its graceful-shutdown timeout, set from
         # shutdown_grace_s by `editx serve`); what is left in the engine now fails with a clear error
         await anyio.to_thread.run_sync(holder.close)
@@ -167,6 +201,7 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
                   description="Step-Audio-EditX serving: OpenAI-compatible speech, edits and voices.")
     app.state.holder, app.state.settings, app.state.store = holder, settings, store
     app.state.voices = AsyncVoiceStore(store)
+    app.state.consents, app.state.consent_checker = consent_parts(settings)
 
     @app.exception_handler(EditxError)
     async def _editx_error(_request: Request, exc: EditxError):
@@ -202,11 +237,13 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
 
     from editx.server.routes_admin import router as admin_router
     from editx.server.routes_audio import router as audio_router
+    from editx.server.routes_openai_voices import router as openai_voices_router
     from editx.server.routes_scripts import router as scripts_router
     from editx.server.routes_sessions import router as sessions_router
 
     app.include_router(admin_router)
     app.include_router(audio_router)
+    app.include_router(openai_voices_router)
     app.include_router(scripts_router)
     app.include_router(sessions_router)
 
@@ -220,7 +257,7 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
 def engine_of(request: Request):
     """The loaded engine, or a 503 telling the client to retry."""
     holder: EngineHolder = request.app.state.holder
-    if not holder.ready:
+    if not holder.serving:
         msg = f"model failed to load: {holder.error}" if holder.error else "model is loading; retry shortly"
         raise _NotReady(msg)
     return holder.engine

@@ -25,7 +25,7 @@ async def readyz(request: Request):
     holder = request.app.state.holder
     if holder.ready:
         return {"status": "ready", "backend": holder.engine.backend.name}
-    body = {"status": "failed" if holder.error else "loading"}
+    body = {"status": "failed" if holder.error else "warming" if holder.serving else "loading"}
     if holder.error:
         body["error"] = holder.error
     return JSONResponse(body, status_code=503)
@@ -47,9 +47,11 @@ async def models(request: Request):
                                         **engine.describe()}]}
 
 
-@router.get("/v1/edits", tags=["info"], summary="Allowed edit types and values for the loaded backend")
+@router.get("/v1/edits", tags=["info"], summary="Edit types and values of the loaded backend; under 'instructions', the plain-words phrasings")
 async def edits_list(request: Request):
-    return engine_of(request).edit_options()
+    from editx.pipeline.instructions import phrasebook
+
+    return {**engine_of(request).edit_options(), "instructions": phrasebook()}
 
 
 @router.get("/v1/cache/stats", tags=["cache"])
@@ -69,11 +71,14 @@ async def cache_clear(request: Request):
 @router.post("/v1/voices", tags=["voices"], response_model=VoiceOut, status_code=201,
              summary="Register a reference clip and its transcript; its encoding is cached at once")
 async def add_voice(request: Request, file: UploadFile = File(...), prompt_text: str | None = Form(None),
-                    name: str = Form("voice")):
+                    name: str = Form("voice"), consent: str = Form("")):
     from editx.server.routes_audio import decode_upload
+    from editx.server.routes_openai_voices import consented_sample
 
     engine = engine_of(request)
     audio = await decode_upload(request, await file.read(), "voice prompt", prompt=True)
+    if consent or request.app.state.settings.require_consent:
+        await consented_sample(request, consent, audio)
     if prompt_text is None or not prompt_text.strip():  # the ASR writes the transcript (editx[quality])
         from editx.verify.chain import transcribe
 

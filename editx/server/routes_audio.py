@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from editx.config import SamplingConfig
-from editx.errors import ValidationError
+from editx.errors import BackendUnsupportedError, ValidationError
 from editx.pipeline.types import CloneRequest, EditRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_body, timeline_header
-from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest
+from editx.server.schemas import EditExtras, EditJSONRequest, SpeechRequest, VoiceRef
 from editx.server.streaming import ChunkFeed, EngineStreamingResponse
 from editx.server.verify_http import load_models_if, policy_for, verification_fields, verification_headers
 from editx.server.voices_async import prompt_limits, voice_prompt
@@ -23,26 +23,8 @@ from editx.server.voices_async import prompt_limits, voice_prompt
 router = APIRouter(tags=["audio"])
 
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
-               "pcm": "audio/pcm"}
-
-
-def parse_instructions(instructions: str | None, edit_type: str | None, edit_info: str | None):
-    """`instructions` as 'type:value' or a bare value; the explicit editx fields win."""
-    if edit_type:
-        return edit_type, edit_info
-    if not instructions or not instructions.strip():
-        return None, None
-    text = instructions.strip()
-    if ":" in text:
-        t, v = (p.strip() for p in text.split(":", 1))
-        return t, v or None
-    from editx.lm.prompts import EDIT_OPTIONS
-
-    for t in ("emotion", "style"):
-        if text in EDIT_OPTIONS.get(t, ()):
-            return t, text
-    raise ValidationError(f"instructions {text!r} is not an edit; use 'type:value' with a type and value "
-                          "from GET /v1/edits (e.g. 'emotion:happy')")
+               "aac": "audio/aac", "pcm": "audio/pcm"}
+STREAMABLE = ("wav", "pcm")  # sent as they are made: a header (wav) then 16-bit PCM
 
 
 async def decode_upload(request: Request, data: bytes, what: str = "uploaded audio", *,
@@ -58,47 +40,63 @@ async def decode_upload(request: Request, data: bytes, what: str = "uploaded aud
     return PromptAudio(audio.samples, audio.sample_rate)
 
 
-async def encoded_response(result, fmt: str) -> Response:
+async def encoded_response(result, fmt: str, headers: dict | None = None) -> Response:
     from editx.audio.io import encode_audio
 
     body = await run_in_threadpool(encode_audio, result.audio, result.sample_rate, fmt)
     return Response(body, media_type=MEDIA_TYPES[fmt], headers={
         "X-Editx-Timeline": timeline_header(result.timeline), "X-Editx-Backend": result.backend,
-        **verification_headers(result)})
+        **verification_headers(result), **(headers or {})})
 
 
-@router.post("/v1/audio/speech", summary="Speak text in a registered voice (OpenAI-compatible)")
+@router.post("/v1/audio/speech", summary="Speak text in a built-in or registered voice (OpenAI-compatible)")
 async def speech(body: SpeechRequest, request: Request):
+    from editx.pipeline.instructions import parse_instructions, to_edits
+
     engine = engine_of(request)
-    voice, prompt = await voice_prompt(request, body.voice)
-    edit_type, edit_info = parse_instructions(body.instructions, body.editx.edit_type, body.editx.edit_info)
-    sampling = SamplingConfig(temperature=body.editx.temperature) if body.editx.temperature is not None else None
-    req = CloneRequest(prompt, voice.prompt_text, body.input, seed=body.editx.seed, sampling=sampling,
-                       voice_id=voice.id, edit_type=edit_type, edit_info=edit_info,
-                       iterations=body.editx.iterations, speed=body.speed)
-    verify = policy_for(engine, body.editx.verify)
+    voice_key = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
+    if body.stream_format is not None and body.response_format not in STREAMABLE:
+        raise ValidationError(f"response_format {body.response_format} cannot stream; with stream_format "
+                              f"{body.stream_format!r} use {' or '.join(STREAMABLE)} (or leave out stream_format "
+                              "to get the whole file)")
+    voice, prompt = await voice_prompt(request, voice_key)
+    x = body.editx
+    mapped = () if x.edit_type else parse_instructions(body.instructions)
+    sampling = SamplingConfig(temperature=x.temperature) if x.temperature is not None else None
+    req = CloneRequest(prompt, voice.prompt_text, body.input, seed=x.seed, sampling=sampling, voice_id=voice.id,
+                       edit_type=x.edit_type, edit_info=x.edit_info, iterations=x.iterations, speed=body.speed,
+                       edits=to_edits(mapped, body.input))
+    applied = ", ".join(m.describe() for m in mapped)
+    try:
+        engine.backend.check(req)
+    except BackendUnsupportedError as exc:
+        if mapped:
+            raise BackendUnsupportedError(f"instructions {body.instructions[:80]!r} mean {applied}; {exc}") from None
+        raise
+    headers = {"X-Editx-Edits": applied.encode("ascii", "backslashreplace").decode()} if applied else {}
+    verify = policy_for(engine, x.verify)
     await load_models_if(engine, verify, needs_transcript=False)
     if body.stream_format is not None:
-        return stream_response(request, engine, req, body.response_format, body.stream_format, verify)
+        return stream_response(request, engine, req, body.response_format, body.stream_format, verify, headers)
     result = await await_job(request, engine, engine.submit(req, verify=verify))
-    return await encoded_response(result, body.response_format)
+    return await encoded_response(result, body.response_format, headers)
 
 
-def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
-                    verify=None) -> EngineStreamingResponse:
-    """Chunked WAV/PCM as audio is produced, or OpenAI-style SSE events with base64 PCM deltas."""
+def stream_response(request: Request, engine, req, fmt: str, stream_format: str, verify=None,
+                    headers: dict | None = None) -> EngineStreamingResponse:
+    """Chunked WAV/PCM as audio is produced, or OpenAI's SSE events (speech.audio.delta with base64
+    audio in the response format, then speech.audio.done with usage)."""
     from editx.audio.io import wav_header
 
-    if stream_format == "audio" and fmt not in ("wav", "pcm"):
-        raise ValidationError(f"streaming supports response_format wav or pcm, not {fmt}")
     engine.backend.check(req)
     chunks = ChunkFeed(engine, req, verify=verify)  # checked after the fact: scores in the done event
     sentinel = object()
 
     async def gen():
         try:
-            if stream_format == "audio" and fmt == "wav":
-                yield wav_header(engine.backend.sample_rate)
+            header = wav_header(engine.backend.sample_rate) if fmt == "wav" else b""
+            if stream_format == "audio" and header:
+                yield header
             while True:
                 try:
                     chunk = await anext(chunks, sentinel)
@@ -113,7 +111,8 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
                     break
                 pcm = (np.clip(chunk.samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
                 if stream_format == "sse":
-                    event = {"type": "speech.audio.delta", "audio": base64.b64encode(pcm).decode()}
+                    event = {"type": "speech.audio.delta", "audio": base64.b64encode(header + pcm).decode()}
+                    header = b""
                     yield f"data: {json.dumps(event)}\n\n".encode()
                 else:
                     yield pcm
@@ -121,13 +120,17 @@ def stream_response(request: Request, engine, req, fmt: str, stream_format: str,
                 tl = chunks.result.timeline
                 summary = {k: tl.get(k) for k in ("audio_s", "total_s", "ttfa_s", "rtf", "lm_tokens")}
                 summary.update(verification_fields(chunks.result))
-                yield f"data: {json.dumps({'type': 'speech.audio.done', 'editx': summary})}\n\n".encode()
+                # input: characters of the text; output: the LM's audio tokens (0 for the lite backend)
+                usage = {"input_tokens": len(req.text), "output_tokens": int(chunks.result.lm_tokens)}
+                usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+                done = {"type": "speech.audio.done", "usage": usage, "editx": summary}
+                yield f"data: {json.dumps(done)}\n\n".encode()
         finally:
             chunks.close()  # cancels the job if the client went away
 
     media = "text/event-stream" if stream_format == "sse" else MEDIA_TYPES[fmt]
     return EngineStreamingResponse(gen(), chunks, media_type=media,
-                                   headers={"X-Editx-Backend": engine.backend.name})
+                                   headers={"X-Editx-Backend": engine.backend.name, **(headers or {})})
 
 
 @router.post("/v1/audio/edits", summary="Edit an uploaded clip (multipart or JSON with base64 audio)")

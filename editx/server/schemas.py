@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from editx.server.verify_http import VerifySpec
 
-ResponseFormat = Literal["wav", "flac", "mp3", "opus", "pcm"]
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]  # OpenAI's six
 
 
 class EditxOptions(BaseModel):
@@ -31,18 +31,30 @@ class EditExtras(BaseModel):
     verify: VerifySpec = Field(None, description="as in a speech request's editx.verify")
 
 
-class SpeechRequest(BaseModel):
-    """POST /v1/audio/speech — the OpenAI speech API, `voice` being a registered voice id."""
+class VoiceRef(BaseModel):
+    """OpenAI's custom-voice form of `voice`: {"id": "voice_…"}."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field("step-audio-editx", max_length=100)
-    input: str = Field(..., min_length=1, max_length=20_000, description="text to speak")
-    voice: str = Field(..., min_length=1, max_length=100, description="a voice id from /v1/voices")
-    instructions: str | None = Field(None, max_length=200,
-                                     description="an edit as 'type:value' (e.g. 'emotion:happy') or a bare "
-                                                 "emotion/style value")
-    response_format: ResponseFormat = "wav"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """POST /v1/audio/speech — OpenAI's CreateSpeechRequest; editx's extras go under `editx`.
+
+    Everything the spec allows parses (any model name, empty input, any voice string): what editx
+    cannot do is a 400/404 with a message, never a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("step-audio-editx", description="any name; the loaded model speaks")
+    input: str = Field(..., max_length=20_000, description="text to speak (OpenAI allows 4096 characters; "
+                                                            "editx up to 20000, split into sentences)")
+    voice: str | VoiceRef = Field(..., description="a built-in voice (alloy, ash, …), a voice id, or {\"id\": …}")
+    instructions: str | None = Field(None, max_length=4096,
+                                     description="plain words ('speak cheerfully, a bit faster', '用悲伤的语气'), "
+                                                 "or 'type:value'; phrasings: GET /v1/edits")
+    response_format: ResponseFormat = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="0.25–4.0; beyond the backend's own range the "
+                                                           "result is time-stretched (pitch kept)")
     stream_format: Literal["audio", "sse"] | None = None
     editx: EditxOptions = Field(default_factory=EditxOptions)
 
@@ -70,6 +82,7 @@ class VoiceOut(BaseModel):
     sample_rate: int
     duration_s: float
     created_at: float
+    builtin: bool = False
 
 
 class ErrorBody(BaseModel):

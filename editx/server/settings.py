@@ -26,6 +26,11 @@ class ServerSettings:
     model_name: str = "step-audio-editx"
     shutdown_grace_s: float = 30.0  # after SIGTERM, requests in flight may finish for this long
 
+    builtin_voices: bool = True  # alloy, ash, … (editx.server.builtin_voices) in the registry
+    warm_builtin_voices: bool = True  # encode them into the prompt cache before /readyz says ready
+    require_consent: bool = False  # every voice creation (/v1/voices too) needs a matching consent recording
+    consent_threshold: float = 0.88  # GE2E same-speaker threshold (editx.server.consent, measured)
+
     def __post_init__(self) -> None:
         from editx.errors import ValidationError
 

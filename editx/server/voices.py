@@ -41,6 +41,7 @@ class Voice:
     sample_rate: int
     duration_s: float
     created_at: float
+    builtin: bool = False  # bundled with the server (editx.server.builtin_voices): listed, never deleted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +70,25 @@ def new_voice(name: str, prompt_text: str, audio: PromptAudio) -> Voice:
                  duration_s=round(audio.duration_s, 3), created_at=time.time())
 
 
+def is_our_id(value, prefix: str, digits: int = 16) -> bool:
+    """Ids are ours: a fixed prefix and hex digits; anything else cannot name a file or a row."""
+    return (isinstance(value, str) and value.startswith(prefix) and len(value) == len(prefix) + digits
+            and all(c in "0123456789abcdef" for c in value[len(prefix):]))
+
+
+def thread_connection(local: threading.local, path: Path) -> sqlite3.Connection:
+    """This thread's connection to the SQLite file at `path` (WAL, autocommit, durable writes)."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        local.conn = conn
+    return conn
+
+
 def _check_id(voice_id: str) -> str:
-    # ids are ours: a fixed prefix and hex digits; anything else cannot name a file or a row
-    if not (isinstance(voice_id, str) and voice_id.startswith("voice_") and len(voice_id) == 22
-            and all(c in "0123456789abcdef" for c in voice_id[6:])):
+    if not is_our_id(voice_id, "voice_"):
         raise UnknownVoiceError(f"unknown voice {voice_id!r}; list voices with GET /v1/voices")
     return voice_id
 
