@@ -12,7 +12,7 @@ from editx.cli import main
 
 def test_script_errors_name_the_line_before_loading(tmp_path, capsys):
     script = tmp_path / "s.txt"
-    script.write_text("[alice] Fine.\n[bob] [emotion happy] Not fine.\n")
+    script.write_text("[alice] Fine.\n[bob] [zorp blarg] Not fine.\n")
     assert main(["script", str(script), "-o", str(tmp_path / "o.wav")]) == 2
     assert "line 2, column 8" in capsys.readouterr().err
     assert main(["script", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "o.wav")]) == 2

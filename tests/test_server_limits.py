@@ -38,6 +38,7 @@ def wav_bytes(audio=None) -> bytes:
 
 
 def settings(tmp_path, **kw) -> ServerSettings:
+    kw.setdefault("warm_builtin_voices", False)  # /readyz would say "warming" while lite matches 16 voices
     return ServerSettings(data_dir=tmp_path / "data", max_request_bytes=LIMIT, **kw)
 
 
@@ -255,7 +256,7 @@ def test_shutdown_lets_a_stream_finish_then_closes_engine_and_cache(make_engine,
     monkeypatch.setattr(engine.backend, "run_round", lambda jobs, done: gate.wait(WAIT_S) and run_round(jobs, done))
     cache_close = engine.cache.close
     monkeypatch.setattr(engine.cache, "close", lambda: closed.append("cache") or cache_close())
-    srv = LiveServer(create_app(engine, settings=settings(tmp_path)), grace_s=WAIT_S)
+    srv = LiveServer(create_app(engine, settings=settings(tmp_path), owns_engine=True), grace_s=WAIT_S)
     with srv, httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
         vid = register(c)
         with c.stream("POST", "/v1/audio/speech", json=speech(vid, stream_format="audio", response_format="wav")) as r:

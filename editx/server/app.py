@@ -178,8 +178,12 @@ def _status_for(exc: EditxError) -> tuple[int, str]:
     return 500, "editx_error"
 
 
-def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None) -> FastAPI:
-    """Build the app around a loaded `engine`, or a `loader` that builds one in the background."""
+def create_app(engine=None, *, loader=None, settings: ServerSettings | None = None, store=None,
+               owns_engine: bool | None = None) -> FastAPI:
+    """Build the app around a loaded `engine`, or a `loader` that builds one in the background.
+    The app closes the engine at shutdown when it owns it: by default when it built it (`loader`);
+    an engine handed in stays its caller's to close unless `owns_engine=True`."""
+    owns = loader is not None if owns_engine is None else owns_engine
     from editx.server.openai_setup import consent_parts, registry
 
     settings = settings or ServerSettings.from_env()
@@ -194,7 +198,8 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
         holder.stopping.set()
         # uvicorn has let in-flight requests finish (up to its graceful-shutdown timeout, set from
         # shutdown_grace_s by `editx serve`); what is left in the engine now fails with a clear error
-        await anyio.to_thread.run_sync(holder.close)
+        if owns:
+            await anyio.to_thread.run_sync(holder.close)
         await anyio.to_thread.run_sync(store.close)
 
     app = FastAPI(title="editx", version="0.1.0", lifespan=lifespan,

@@ -150,7 +150,8 @@ class EngineReplica:
         self.actor_name = ray.get_runtime_context().get_actor_name()
         t0 = time.perf_counter()
         self.engine = Engine.load(config)  # warms up when config.warmup (the default)
-        self.app = create_app(self.engine, settings=settings, store=make_voice_store(settings, config.redis_url))
+        self.app = create_app(self.engine, settings=settings, store=make_voice_store(settings, config.redis_url),
+                              owns_engine=True)
         self.app.state.holder.prepare()  # built-in voices into the prompt cache (no ASGI lifespan runs here)
         log.info("replica ready", extra={"replica": self.replica_id, "load_s": round(time.perf_counter() - t0, 3),
                                          "backend": self.engine.backend.name, "pid": os.getpid()})
