@@ -299,7 +299,7 @@ def test_http_headers_sse_and_bad_thresholds(client, engine, prompt):
     assert res["plain"].status_code == 200 and "X-Editx-Verified" not in res["plain"].headers
     # SSE: the done event carries the scores
     sse = client.post("/v1/audio/speech", json={"input": GOOD, "voice": voice["id"], "stream_format": "sse",
-                                                "editx": {"verify": {"attempts": 1}}})
+                                                "response_format": "pcm", "editx": {"verify": {"attempts": 1}}})
     events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
     done = events[-1]
     assert done["type"] == "speech.audio.done" and done["editx"]["verification"]["verified"] is True
