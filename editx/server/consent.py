@@ -25,7 +25,7 @@ import soundfile as sf
 
 from editx.errors import ModelFilesError, ValidationError
 from editx.pipeline.types import PromptAudio
-from editx.server.voices import is_our_id, thread_connection
+from editx.server.voices import ThreadConnections, is_our_id
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ class ConsentStore:
         self.dir = Path(data_dir) / "consents"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._db = Path(data_dir) / "consents.sqlite3"
-        self._local = threading.local()
+        self._conns = ThreadConnections(self._db)
         self._conn().execute("CREATE TABLE IF NOT EXISTS consents (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
                              "language TEXT NOT NULL, created_at REAL NOT NULL, transcript TEXT)")
 
     def _conn(self) -> sqlite3.Connection:
-        return thread_connection(self._local, self._db)
+        return self._conns.get()
+
+    def close(self) -> None:
+        """Close every thread's connection (at shutdown)."""
+        self._conns.close()
 
     def add(self, name: str, language: str, audio: PromptAudio, transcript: str | None) -> Consent:
         c = Consent("cons_" + secrets.token_hex(8), name, language, time.time(), transcript)

@@ -76,15 +76,33 @@ def is_our_id(value, prefix: str, digits: int = 16) -> bool:
             and all(c in "0123456789abcdef" for c in value[len(prefix):]))
 
 
-def thread_connection(local: threading.local, path: Path) -> sqlite3.Connection:
-    """This thread's connection to the SQLite file at `path` (WAL, autocommit, durable writes)."""
-    conn = getattr(local, "conn", None)
-    if conn is None:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        local.conn = conn
-    return conn
+class ThreadConnections:
+    """One connection per thread to the SQLite file at `path` (WAL, autocommit, durable writes);
+    `close()` closes every thread's connection (at shutdown), and a later `get()` opens a new one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False only so that close() may close them all
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns, self._local = self._conns, [], threading.local()
+        for conn in conns:
+            conn.close()
 
 
 def _check_id(voice_id: str) -> str:
@@ -101,32 +119,18 @@ class SQLiteVoiceStore:
         self.audio_dir = self.dir / "voices"
         self.audio_dir.mkdir(parents=True, exist_ok=True)
         self._db_path = self.dir / "voices.sqlite3"
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []  # every thread's connection, closed by close()
-        self._conns_lock = threading.Lock()
+        self._conns = ThreadConnections(self._db_path)
         with self._conn() as c:
             c.execute("CREATE TABLE IF NOT EXISTS voices (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
                       "prompt_text TEXT NOT NULL, sample_rate INTEGER NOT NULL, duration_s REAL NOT NULL, "
                       "created_at REAL NOT NULL)")
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # one connection per thread; check_same_thread=False only so that close() may close them all
-            conn = sqlite3.connect(self._db_path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+        return self._conns.get()
 
     def close(self) -> None:
         """Close every thread's connection (at shutdown); a later call opens a new one."""
-        with self._conns_lock:
-            conns, self._conns, self._local = self._conns, [], threading.local()
-        for conn in conns:
-            conn.close()
+        self._conns.close()
 
     def _path(self, voice_id: str) -> Path:
         return self.audio_dir / f"{_check_id(voice_id)}.wav"
