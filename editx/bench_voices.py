@@ -12,6 +12,7 @@ held-out sentence, and the seconds the match took (with the machine's load avera
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from editx.errors import ValidationError
 
@@ -29,11 +31,39 @@ log = logging.getLogger(__name__)
 
 HELD_OUT_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs back home."
 MATCH_FRACTION = 0.6  # the first 60 % of a clip is what the matcher hears; the rest is held out
+SET_RATE = 16_000  # the set's audio: 16 kHz mono 16-bit FLAC, peak <= 0.99
+PEAK = 0.99
 METHODS = ("default", "best_pure", "blend", "search")
 
 
+def convert_clip(data: bytes, *, name: str) -> bytes:
+    """A source recording (any format editx decodes) -> the set's form: mono, 16 kHz (soxr "HQ"),
+    scaled down to a peak of 0.99 when louder, 16-bit FLAC bytes."""
+    import soxr
+
+    from editx.audio.io import load_audio
+
+    audio = load_audio(data, name=name)
+    x = audio.samples
+    if audio.sample_rate != SET_RATE:
+        x = soxr.resample(x, audio.sample_rate, SET_RATE, quality="HQ")
+    peak = float(np.abs(x).max())
+    if peak > PEAK:
+        x = x * (PEAK / peak)
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(x, np.float32), SET_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def pcm_sha256(flac: bytes) -> str:
+    """SHA-256 of a FLAC file's decoded 16-bit samples (independent of the FLAC encoder's version)."""
+    pcm, _ = sf.read(io.BytesIO(flac), dtype="int16")
+    return hashlib.sha256(np.ascontiguousarray(pcm, "<i2").tobytes()).hexdigest()
+
+
 def load_manifest(folder: Path) -> list[dict[str, Any]]:
-    """The set's clips from folder/manifest.json, each checked to exist with the recorded SHA-256."""
+    """The set's clips from folder/manifest.json, each checked to exist with the recorded audio
+    (`pcm_sha256`: the decoded samples' hash, so another FLAC encoder version still passes)."""
     path = Path(folder) / "manifest.json"
     try:
         clips = json.loads(path.read_text(encoding="utf-8"))["clips"]
@@ -43,9 +73,10 @@ def load_manifest(folder: Path) -> list[dict[str, Any]]:
         audio = Path(folder) / clip["file"]
         if not audio.is_file():
             raise ValidationError(f"{audio} is missing; see data/real-voices/README.md for where the set comes from")
-        digest = hashlib.sha256(audio.read_bytes()).hexdigest()
-        if digest != clip["sha256"]:
-            raise ValidationError(f"{audio} has SHA-256 {digest}, the manifest says {clip['sha256']}")
+        digest = pcm_sha256(audio.read_bytes())
+        if digest != clip["pcm_sha256"]:
+            raise ValidationError(f"{audio}: its samples have SHA-256 {digest}, the manifest says "
+                                  f"{clip['pcm_sha256']}; rebuild it with scripts/fetch_real_voices.py")
     return clips
 
 
