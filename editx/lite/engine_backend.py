@@ -32,7 +32,8 @@ class LiteEngineBackend:
 
         self.config, self.lite = config, lite
         self.sample_rate = lite.sample_rate
-        self.feature_version = FEATURE_VERSION
+        # The search's probe count changes the encoding: voices matched with another count are not reused.
+        self.feature_version = f"{FEATURE_VERSION}-search{lite.search_probes}"
         self.cache = None
 
     @classmethod
