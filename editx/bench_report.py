@@ -127,9 +127,9 @@ def evaluate_targets(report: dict) -> list[dict[str, Any]]:
                        lm and lm["fraction_of_bound"], 0.7, lambda v: v >= 0.7,
                        "" if not lm else f"bound {lm['bandwidth_bound_tok_s']:.1f} tok/s = "
                                          f"{lm['copy_bandwidth_gb_s']:.1f} GB/s / {lm['bytes_per_token_mb']:.1f} MB"
-                                         + (f"; {lm['fraction_of_bound_beside']:.2f} of the copy bandwidth probed "
-                                            f"beside the decode ({lm['copy_bandwidth_beside_gb_s']:.1f} GB/s)"
-                                            if "fraction_of_bound_beside" in lm else "")))
+                                         + (f"; weight reading is {lm['weight_floor']['fraction']:.0%} of a step "
+                                            f"({lm['weight_floor']['weights_ms']:.1f} of {lm['weight_floor']['step_ms']:.1f} "
+                                            f"ms, alternated)" if lm.get("weight_floor") else "")))
     flow, note = None, ""
     comp = report.get("compute") or {}
     for name, arm in (comp.get("arms") or {}).items():
