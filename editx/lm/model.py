@@ -311,7 +311,7 @@ class Step1ForCausalLM(nn.Module):
         """
         B, T = tokens.shape
         x = self.model.embed_tokens(tokens)
-        if T == 1 and hasattr(cache, "decode_bias"):  # decode: the bias row from the cache's sqrt table
+        if T == 1:  # decode: the bias row from the cache's sqrt table, no (B, H, T, S) distance matrix
             bias = cache.decode_bias(self.alibi_slopes, positions[:, 0].tolist(), kv_len, x.dtype)
         else:
             bias = alibi_bias(self.alibi_slopes, positions, kv_len, x.dtype)  # (B, H, T, S), shared by layers
