@@ -9,7 +9,10 @@ the small fixture went from 160 ms on one thread to 540 ms on two. So inside `na
 thread runs with one intra-op thread, and `wide()` restores the full count around each GEMV.
 
 torch's thread count is per OS thread under OpenMP (and MKL's local setting), so this changes only
-the thread that runs the step; both context managers restore what they found.
+the thread that runs the step; both context managers restore what they found. One side effect to
+know: torch also keeps the last count as the default that a thread adopts at its first parallel op,
+so a thread whose first torch op falls inside a decode step starts with one intra-op thread (the
+engine's other threads do little torch work; the engine worker, which runs the model, is unaffected).
 """
 
 from __future__ import annotations
