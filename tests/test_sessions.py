@@ -158,7 +158,7 @@ def test_redis_sessions_expire_with_their_audio(redis_url):
     store = RedisSessionStore(redis_url, SessionLimits(ttl_s=0.3), prefix="test:expiry:")
     s, root = store.create("brief", _new(0, "upload"))
     keys = store._client.keys("test:expiry:*")
-    assert len(keys) == 3 and all(0 < store._client.pttl(k) <= 300 for k in keys)  # session, versions, audio
+    assert len(keys) == 4 and all(0 < store._client.pttl(k) <= 300 for k in keys)  # session, versions, audio, index
     deadline = time.monotonic() + 30
     while store._client.exists(*keys) and time.monotonic() < deadline:
         time.sleep(0.1)
