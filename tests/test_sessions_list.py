@@ -1,11 +1,10 @@
 """Listing edit sessions (newest first, paged by an opaque cursor, SQLite and Redis alike) and verified
 session versions (their scores kept in the history), over HTTP with good and bad requests at once."""
 
-import threading
 import time
 
 import pytest
-from conftest import speechlike
+from conftest import calls_at_once, speechlike
 
 from editx.errors import ValidationError
 from editx.sessions import service
@@ -148,21 +147,7 @@ def test_verified_versions_keep_their_scores_and_listing_pages_amid_bad_requests
             ("get", "/v1/sessions?limit=two", None, 422, "limit"),
             ("get", "/v1/sessions?cursor=bogus", None, 400, "is not one this server gave out"),
         ]
-        results: list = [None] * len(calls)
-
-        def worker(i):
-            method, path, body, _, _ = calls[i]
-            results[i] = c.post(path, json=body) if method == "post" else c.get(path)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-        for (_m, path, body, status, needle), r in zip(calls, results, strict=True):
-            assert r is not None and r.status_code == status, (path, body, r and r.text)
-            if needle:
-                assert needle in r.json()["error"]["message"], r.text
+        results = calls_at_once(c, calls)
         assert len(results[6].json()["data"]) == 2 and results[6].json()["has_more"]
 
         # the verified clone: the scores of the attempt it returned, whose seed the version records
