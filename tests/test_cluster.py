@@ -108,6 +108,32 @@ def test_a_replica_refuses_to_run_other_code_than_the_deployers():
         check_same_code("0123456789abcdef")
 
 
+def test_a_local_start_gives_the_proxy_time_and_retries_a_slow_raylet(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from editx.server.cluster import PROXY_TIMEOUT_ENV
+
+    calls = []
+
+    def fake_init(**kw):
+        calls.append(kw)
+        if len(calls) == 1:  # what Ray raises when its raylet misses the 30 s registration
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    for name in PROXY_TIMEOUT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(PROXY_TIMEOUT_ENV[1], "500")  # an explicit setting wins
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "init", fake_init)
+    assert start_ray(ClusterOptions(ray_num_cpus=2, health_check_timeout_s=77)) == "local"
+    assert len(calls) == 2 and calls[1]["num_cpus"] == 2
+    assert float(os.environ[PROXY_TIMEOUT_ENV[0]]) == 77 and os.environ[PROXY_TIMEOUT_ENV[1]] == "500"
+    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(Exception("port 6379 in use")))
+    with pytest.raises(Exception, match="port 6379 in use"):  # anything else is not retried
+        start_ray(ClusterOptions())
+
+
 class FakeHandle:
     """Stands in for the engine deployment's handle: each call plays the next scripted outcome."""
 
