@@ -93,7 +93,8 @@ class Rounds:
                 del job.rounds[n_rounds:]
             return
         for job in ready:
-            done(job)
+            if not job.yielded:  # (a yielded job ran one unit of its part; more remain)
+                done(job)
 
     def _advance(self, job: Job) -> None:
         """After a round: close the part (and the step), settle a finished request, or point the job

@@ -34,6 +34,8 @@ class StepAudioBackend:
     sample_rate = OUTPUT_SAMPLE_RATE
     native_speed = False
     segments_text = True  # the Engine splits long texts into sentence segments for this LM
+    unit_rounds = False  # a round decodes its batch's LM tokens together; streams' flow chunks run as they fill
+    unit_prior = (0.05, 1.0)  # (unused: whole rounds are not timed per unit)
 
     def __init__(self, config: EngineConfig, paths, tokenizer, lm, text_tokenizer, decoder, device) -> None:
         self.config, self.paths = config, paths
