@@ -111,3 +111,35 @@ def test_a_stream_whose_reader_went_away_costs_nothing_at_its_next_unit(tmp_path
     # the unit under way when it closed may finish; none after it
     assert session.count("v1") <= at_close + 1
     assert session.count("v0") > session.count("v1") + 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["fair", "fifo"])
+def test_editx_a_stream_arriving_mid_round_joins_the_lm_batch(make_engine, schedule):
+    """On the editx backend a round is one LM batch: a stream that arrives while it runs joins it
+    between LM steps (fair) instead of waiting for the round's end (fifo), and gets its own tokens."""
+    from editx.config import SamplingConfig
+
+    eng = make_engine(cache=False, stream_chunk_rows=(6, 12, 24), stream_schedule=schedule)
+    # the engine was built before: the join source is chosen from the config at construction
+    sampling = SamplingConfig(max_new_tokens=120)
+    text = "a stream that keeps the language model busy for a while"
+    events: list[tuple[str, int]] = []
+    later = {}
+
+    def emit_a(chunk: AudioChunk) -> None:
+        events.append(("a", chunk.index))
+        if chunk.index == 0:
+            later["b"] = eng.submit(CloneRequest(speechlike(seed=1), "hello", text, seed=2, sampling=sampling),
+                                    emit=lambda c: events.append(("b", c.index)))
+
+    a = eng.submit(CloneRequest(speechlike(), "hello", text, seed=1, sampling=sampling), emit=emit_a)
+    ra = a.result(WAIT_S)
+    rb = later["b"].result(WAIT_S)
+    last_a = events.index(("a", max(i for n, i in events if n == "a")))
+    if schedule == "fair":
+        assert events.index(("b", 0)) < last_a  # b's first audio while a was still generating
+    else:
+        assert events.index(("b", 0)) > last_a
+    alone = eng.run(CloneRequest(speechlike(seed=1), "hello", text, seed=2, sampling=sampling))
+    assert rb.lm_tokens == alone.lm_tokens and ra.lm_tokens > 0  # joining changed none of its draws

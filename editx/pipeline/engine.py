@@ -96,7 +96,8 @@ class Engine:
         self._q = WorkQueue(config.queue_size, config.max_streams, config.max_batch)
         self._active: list[Job] = []  # the worker's jobs, settled ones pruned after every round
         self._deadline: float | None = None  # set by close(): drain until then, then fail the rest
-        self._rounds = Rounds(config, backend, cache, self._q.beat)
+        joiners = None if backend.unit_rounds or config.stream_schedule != "fair" else self._joiners
+        self._rounds = Rounds(config, backend, cache, self._q.beat, joiners)
         self._sched = StreamScheduler(config.stream_schedule, backend.sample_rate, *backend.unit_prior)
         self.ready = False
         self._worker = threading.Thread(target=self._run_worker, name="editx-worker", daemon=True)
@@ -358,6 +359,15 @@ class Engine:
         new = self._q.take_jobs(self.config.max_batch - len(batch))
         self._active.extend(new)
         return batch + new
+
+    def _joiners(self, n: int) -> list[Job]:
+        """Up to `n` streams waiting in the queue, to join the round under way (a backend that
+        decodes step by step asks between steps): a new listener need not wait for the round's end."""
+        if self._deadline is not None:  # closing: admitted work drains round by round
+            return []
+        new = self._q.take_jobs(0, streams=n)
+        self._active.extend(new)
+        return new
 
     def _fail_everything(self, exc: EngineClosedError) -> None:
         jobs, calls = self._q.drain()
