@@ -5,6 +5,7 @@ stream whose reader went away costs nothing more from its next unit on."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -30,11 +31,15 @@ class _VoiceSession:
         self.voices = voices
         self.calls: list[str] = []
         self.lock = threading.Lock()
+        self.hold: tuple[str, int, threading.Event] | None = None  # (voice, call number, gate)
 
     def run(self, ids, table, speed):
         name = next(n for n, t in self.voices.items() if np.array_equal(t, table))
         with self.lock:
             self.calls.append(name)
+            n = self.calls.count(name)
+        if self.hold is not None and self.hold[:2] == (name, n):
+            assert self.hold[2].wait(WAIT_S)
         return np.full(2400 * len(ids), 0.5, np.float32)
 
     def count(self, name: str) -> int:
@@ -42,7 +47,7 @@ class _VoiceSession:
             return self.calls.count(name)
 
 
-def _engine(tmp_path, schedule: str):
+def _engine(tmp_path, schedule: str, **config):
     from test_lite import _fake_voices
 
     from editx.lite import kokoro
@@ -58,11 +63,11 @@ def _engine(tmp_path, schedule: str):
     g2p = EnglishG2P(Vocab.from_json(kokoro.load_vocab_json()))
     lite = LiteBackend(session, g2p, voices, speaker=None, vad=None, model_path=tmp_path / "m")
     backend = LiteEngineBackend(EngineConfig(), lite)
-    clips = {name: speechlike(1.5, seed=k) for k, name in enumerate(voices)}
-    # each clip speaks as its own bundled voice (no speaker model here)
-    backend.encode_prompt = lambda audio, timeline=None: lite.voice(
-        next(n for n, c in clips.items() if np.array_equal(c.samples, audio.samples)))
-    config = EngineConfig(cache_enabled=False, stream_schedule=schedule)
+    clips = {name: speechlike(1.5 + 0.5 * k, seed=k) for k, name in enumerate(voices)}
+    # each clip speaks as its own bundled voice (no speaker model here); told apart by length
+    by_length = {round(2 * c.duration_s): n for n, c in clips.items()}
+    backend.encode_prompt = lambda audio, timeline=None: lite.voice(by_length[round(2 * audio.duration_s)])
+    config = EngineConfig(cache_enabled=False, stream_schedule=schedule, **config)
     return Engine(config, backend), session, clips
 
 
@@ -143,3 +148,62 @@ def test_editx_a_stream_arriving_mid_round_joins_the_lm_batch(make_engine, sched
         assert events.index(("b", 0)) > last_a
     alone = eng.run(CloneRequest(speechlike(seed=1), "hello", text, seed=2, sampling=sampling))
     assert rb.lm_tokens == alone.lm_tokens and ra.lm_tokens > 0  # joining changed none of its draws
+
+
+@pytest.mark.slow
+def test_server_mixed_listeners_a_dropped_one_stops_costing_and_streams_are_bounded(tmp_path, monkeypatch):
+    """Over HTTP at once: a listener that reads everything, one that leaves after its first audio,
+    a third stream over the bound (429 + Retry-After), a bad request (4xx with a message) and a
+    whole-file request. The one that left costs at most the unit under way when it went."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    from live_server import LiveServer
+    from test_server_limits import settings, wav_bytes
+
+    from editx.server.app import create_app
+
+    engine, session, clips = _engine(tmp_path, "fair", max_streams=2)
+    engine.ready = True
+    opened = []
+    stream = engine.stream
+    monkeypatch.setattr(engine, "stream", lambda *a, **kw: opened.append(stream(*a, **kw)) or opened[-1])
+    gate = threading.Event()
+    session.hold = ("v1", 2, gate)  # the leaver's second piece waits until it has gone
+    srv = LiveServer(create_app(engine, settings=settings(tmp_path), owns_engine=True), grace_s=WAIT_S)
+    with srv, httpx.Client(base_url=srv.url, timeout=WAIT_S) as c:
+        ids = {}
+        for name in ("v0", "v1", "v2"):
+            r = c.post("/v1/voices", files={"file": ("r.wav", wav_bytes(clips[name]), "audio/wav")},
+                       data={"prompt_text": "hello"})
+            assert r.status_code == 201, r.text
+            ids[name] = r.json()["id"]
+
+        def body(name, **kw):
+            return {"input": TEXT, "voice": ids[name], "response_format": "pcm", "stream_format": "audio", **kw}
+
+        with httpx.Client(base_url=srv.url, timeout=WAIT_S) as other, \
+                other.stream("POST", "/v1/audio/speech", json=body("v1")) as leaver:
+            assert leaver.status_code == 200
+            raw = leaver.iter_raw()  # (kept: a dropped iterator closes its response)
+            first = next(raw)
+            assert len(first) > 0
+            with c.stream("POST", "/v1/audio/speech", json=body("v0")) as good:
+                assert good.status_code == 200
+                over = c.post("/v1/audio/speech", json=body("v2"))
+                assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+                assert "limit is 2" in over.json()["error"]["message"]
+                bad = c.post("/v1/audio/speech", json={**body("v2"), "input": ""})
+                assert 400 <= bad.status_code < 500 and bad.json()["error"]["message"]
+                other.close()  # the leaver goes away mid-stream
+                deadline = time.monotonic() + WAIT_S
+                while not opened[0].future.job.cancelled.is_set():
+                    assert time.monotonic() < deadline, "the server did not cancel the stream whose client left"
+                    time.sleep(0.05)
+                gate.set()
+                audio = b"".join(good.iter_bytes())
+        whole = c.post("/v1/audio/speech", json={"input": "good morning", "voice": ids["v2"],
+                                                 "response_format": "pcm"})
+        assert whole.status_code == 200 and len(whole.content) > 0
+    assert len(audio) > 0
+    assert session.count("v1") <= 2  # its first piece, and at most the one under way when it left
+    assert session.count("v0") > 2
