@@ -158,8 +158,7 @@ def test_lite_streams_each_piece_as_rendered(tmp_path):
     from editx.lite import kokoro
     from editx.lite.backend import LiteBackend
     from editx.lite.engine_backend import UNIT_CAP_PHONEMES, LiteEngineBackend, cut_units
-    from editx.lite.phonemes import FIRST_PIECE_PHONEMES
-    from editx.lite.phonemes import EnglishG2P, Vocab
+    from editx.lite.phonemes import FIRST_PIECE_PHONEMES, EnglishG2P, Vocab
     from editx.pipeline.engine import Engine
 
     g2p = EnglishG2P(Vocab.from_json(kokoro.load_vocab_json()))
