@@ -12,7 +12,7 @@ import soundfile as sf
 from conftest import assert_close_rel
 
 from editx.audio import io as aio
-from editx.audio.io import Audio, encode_audio, load_audio, wav_header
+from editx.audio.io import Audio, encode_audio, float_wav_bytes, load_audio, wav_header
 from editx.errors import AudioError, ValidationError
 
 SR = 24000
@@ -194,3 +194,12 @@ def test_decoders_agree_on_mp3():
     assert rate == SR
     n = min(len(via_sf), len(via_ff))
     assert abs(len(via_sf) - len(via_ff)) <= 1152 and snr_db(via_sf[:n], via_ff[:n]) > 20
+
+
+def test_float_wav_bytes_are_bit_exact_and_depend_on_the_samples_alone():
+    x = np.random.default_rng(3).uniform(-1.5, 1.5, 4001).astype(np.float32)  # beyond ±1: floats are not clipped
+    data = float_wav_bytes(x, 22050)
+    back, sr = sf.read(io.BytesIO(data), dtype="float32")
+    assert sr == 22050 and back.dtype == np.float32 and np.array_equal(back, x)
+    assert float_wav_bytes(x.copy(), 22050) == data  # no timestamp or anything else that varies
+    assert float_wav_bytes(x[:-1], 22050) != data and float_wav_bytes(x, 16000) != data

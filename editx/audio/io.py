@@ -268,3 +268,14 @@ def wav_header(sample_rate: int, channels: int = 1, data_bytes: int | None = Non
         sample_rate * block_align, block_align, 16, b"data", data_size,
     )
 
+
+
+def float_wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float32 WAV (IEEE float, format 3) holding `samples` bit-exact, and nothing else: the same samples
+    always give the same bytes (libsndfile adds a PEAK chunk with a timestamp), so stored voices stay
+    content-addressed across stores and replicas."""
+    data = np.ascontiguousarray(samples, dtype="<f4").reshape(-1).tobytes()
+    if len(data) + 36 > UNKNOWN_SIZE:
+        raise ValueError(f"{len(data)} bytes of samples do not fit a WAV file")
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 3, 1, sample_rate,
+                       sample_rate * 4, 4, 32, b"data", len(data)) + data

@@ -58,6 +58,7 @@ class EngineHolder:
         self.stopping = threading.Event()  # set at shutdown: preparation stops early
         self._prepare_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._prepare_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.closed = False
 
@@ -103,8 +104,16 @@ class EngineHolder:
                 self.prepared = True
 
     def prepare_in_background(self) -> None:
-        if not self.prepared and self.engine is not None:
-            threading.Thread(target=self.prepare, name="editx-prepare", daemon=True).start()
+        if not self.prepared and self.engine is not None and self._prepare_thread is None:
+            self._prepare_thread = threading.Thread(target=self.prepare, name="editx-prepare", daemon=True)
+            self._prepare_thread.start()
+
+    def stop_background(self, limit_s: float) -> None:
+        """Shutdown: preparation stops at its next step; wait (up to `limit_s`) for the threads that run it."""
+        self.stopping.set()
+        for thread in (self._prepare_thread, self._thread):
+            if thread is not None:
+                thread.join(limit_s)
 
     @property
     def serving(self) -> bool:
@@ -195,7 +204,8 @@ def create_app(engine=None, *, loader=None, settings: ServerSettings | None = No
         holder.start()  # loads, then prepares, in the background
         holder.prepare_in_background()  # an engine given loaded: prepare now (/readyz waits for it)
         yield
-        holder.stopping.set()
+        # preparation stops after the voice it is warming (a bounded step), so nothing outlives the app
+        await anyio.to_thread.run_sync(holder.stop_background, settings.shutdown_grace_s)
         # uvicorn has let in-flight requests finish (up to its graceful-shutdown timeout, set from
         # shutdown_grace_s by `editx serve`); what is left in the engine now fails with a clear error
         if owns:

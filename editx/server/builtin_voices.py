@@ -117,6 +117,8 @@ def warm(engine, store: StoreWithBuiltins, stop: threading.Event | None = None) 
         if stop is not None and stop.is_set():
             break
         outcomes[name] = engine.warm_prompt(store.builtins.audio(name))
-    log.info("built-in voices warmed", extra={"voices": len(outcomes)})
+    stopped = stop is not None and stop.is_set() and len(outcomes) < len(store.builtins.names)
+    log.info("built-in voices warming stopped at shutdown" if stopped else "built-in voices warmed",
+             extra={"voices": len(outcomes)})
     return outcomes
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from editx.audio.io import float_wav_bytes
 from editx.errors import ModelFilesError, ValidationError
 from editx.pipeline.types import PromptAudio
 from editx.server.voices import ThreadConnections, is_our_id
@@ -82,7 +83,7 @@ class ConsentStore:
     def add(self, name: str, language: str, audio: PromptAudio, transcript: str | None) -> Consent:
         c = Consent("cons_" + secrets.token_hex(8), name, language, time.time(), transcript)
         path = self.dir / f"{c.id}.wav"
-        sf.write(path.with_suffix(".tmp"), audio.samples, audio.sample_rate, subtype="FLOAT", format="WAV")
+        path.with_suffix(".tmp").write_bytes(float_wav_bytes(audio.samples, audio.sample_rate))
         path.with_suffix(".tmp").replace(path)
         self._conn().execute("INSERT INTO consents VALUES (?,?,?,?,?)", tuple(asdict(c).values()))
         return c

@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 
+from editx.audio.io import float_wav_bytes
 from editx.errors import ValidationError
 from editx.pipeline.types import PromptAudio
 
@@ -140,8 +141,9 @@ class SQLiteVoiceStore:
         path = self._path(voice.id)
         tmp = path.with_suffix(".tmp")
         # float32 WAV keeps the decoded samples bit-exact (cache keys stay valid)
-        sf.write(tmp, audio.samples, audio.sample_rate, subtype="FLOAT", format="WAV")
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:
+            fh.write(float_wav_bytes(audio.samples, audio.sample_rate))
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         self._conn().execute("INSERT INTO voices VALUES (?,?,?,?,?,?)", (

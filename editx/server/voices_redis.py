@@ -18,6 +18,7 @@ import logging
 import numpy as np
 import soundfile as sf
 
+from editx.audio.io import float_wav_bytes
 from editx.errors import EditxError, ValidationError
 from editx.pipeline.types import PromptAudio
 from editx.server.voices import (
@@ -55,9 +56,7 @@ class CorruptVoiceError(EditxError):
 
 def wav_bytes(audio: PromptAudio) -> bytes:
     """float32 WAV: the decoded samples, bit-exact."""
-    buf = io.BytesIO()
-    sf.write(buf, audio.samples, audio.sample_rate, subtype="FLOAT", format="WAV")
-    return buf.getvalue()
+    return float_wav_bytes(audio.samples, audio.sample_rate)
 
 
 def _digest(data: bytes) -> str:
