@@ -137,7 +137,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(streamed and offline, alternated; --all runs 5,60)")
     s.add_argument("--stream-text-runs", type=int, default=1, help="streamed + offline pairs per text length")
     s.add_argument("--stream-sweep", default="", help="listener counts, e.g. 1,2,4,8: streams at once, "
-                   "scheduler off (fifo) vs on (fair), side by side (editx/bench_streams.py)")
+                   "scheduler off (fifo) vs on (fair), side by side (editx/bench_streams.py; a ~12 s text "
+                   "unless --text is given)")
     s.add_argument("--stream-sweep-runs", type=int, default=3, help="waves per listener count and arm")
     s.add_argument("--verify-texts", type=int, default=0,
                    help="verification section: cost and retries over this many texts (needs editx[quality])")
@@ -368,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
 
             report["stream_sweep"] = bench_streams.run_stream_sweep(
                 pool, main_arm, reqs, _csv_numbers(args.stream_sweep, int), runs=max(1, args.stream_sweep_runs),
-                fixture=bool(fixture))
+                fixture=bool(fixture), text=None if args.text == DEFAULT_TEXT else args.text)
             print(bench_streams.markdown(report["stream_sweep"]))
         if args.verify_texts > 0:
             from editx.bench_verify import run_verify_section

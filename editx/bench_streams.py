@@ -93,10 +93,11 @@ def summarize(waves: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_stream_sweep(pool, base_arm, reqs, listeners: list[int], *, runs: int, fixture: bool,
-                     text: str = SWEEP_TEXT) -> dict[str, Any]:
+                     text: str | None = None) -> dict[str, Any]:
     """The sweep on two arms built around `base_arm`'s backend: fifo and fair, wave by wave."""
     from editx.bench_stream import CHARS_PER_S, TOKENS_PER_S
 
+    text = text or SWEEP_TEXT
     cfg = base_arm.config
     limit = max(max(listeners), cfg.max_streams)
     arms = [pool.add(f"streams-{policy}", cfg.with_(stream_schedule=policy, max_streams=limit))
