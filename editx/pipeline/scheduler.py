@@ -37,7 +37,7 @@ class StreamScheduler:
         if self.policy == "fair":
             new = [j for j in jobs if j.emit is not None and j.first_audio_at is None and j.units is None]
             for job in new:  # streams starting together share the time to first audio
-                job.unit_share = len(new)
+                job.unit_share = max(job.unit_share, len(new))
         by_id = {id(j): j for j in jobs}
         return [by_id[k] for k in plan([self.candidate(j, now) for j in jobs], now, n, policy=self.policy)]
 

@@ -6,8 +6,9 @@ has delivered; the estimated cost of its next unit) and `plan` picks, in order:
 
 1. a new stream's first unit (oldest first), when running it leaves every playing stream enough
    buffered audio to still get its own next unit in time, those units run one after the other in
-   deadline order ("safe"; a stream that already ran dry is not protected: when the machine cannot
-   keep even the playing streams ahead, a new listener waiting for any audio at all comes first);
+   deadline order ("safe"; a stream whose next unit cannot arrive before it runs dry anyway is not
+   protected: when the machine cannot keep the playing streams ahead, a new listener waiting for
+   any audio at all comes first);
 2. an offline job that waited `max_wait_s` for a unit: one unit, whatever the streams' state, so
    offline work is never starved;
 3. playing streams whose next unit must start within `lead_s` to arrive before their listener runs
@@ -100,7 +101,7 @@ def pick(pool: Sequence[Candidate], now: float, *, lead_s: float = LEAD_S,
         """After `c`, every playing stream still gets its next unit in time, all run in deadline order."""
         t = c.cost_s
         for s in playing:
-            if s is not c and s.slack(now) >= 0:  # one already dry is not held ahead of a new listener
+            if s is not c and s.laxity(now) >= 0:  # one that runs dry anyway is not held ahead of a new listener
                 t += s.cost_s
                 if t + GUARD_S > s.slack(now):
                     return False
