@@ -174,3 +174,17 @@ def test_playback_counts_gaps():
     assert (p.first_audio_s, p.underruns, p.done_s) == (1.0, 1, 4.0)
     assert p.gap_s == pytest.approx(0.5)
     assert playback(0.0, [(1.0, 1.0), (2.05, 1.0)], tolerance_s=0.1).underruns == 0
+
+
+def test_under_overload_new_listeners_still_hear_audio_early():
+    # each stream alone needs 3 s of compute per second of audio: nobody can play without gaps, so
+    # holding new listeners back to protect the playing ones would only make them wait
+    def run(policy):
+        jobs = [SimJob(f"s{k}", 0.0, growing(n=5, rtf=3.0)) for k in range(4)]
+        simulate(jobs, policy)
+        return [playback(0.0, j.chunks) for j in jobs]
+
+    fair, fifo = run("fair"), run("fifo")
+    first_units = sum(growing(n=5, rtf=3.0)[0][0] for _ in range(4))
+    assert max(p.first_audio_s for p in fair) <= first_units + 1e-9  # the four first units, back to back
+    assert max(p.first_audio_s for p in fifo) > 10 * max(p.first_audio_s for p in fair)
