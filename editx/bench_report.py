@@ -126,7 +126,10 @@ def evaluate_targets(report: dict) -> list[dict[str, Any]]:
     out.append(_target("lm_vs_bound", "our decode loop >= 70% of the memory-bandwidth bound",
                        lm and lm["fraction_of_bound"], 0.7, lambda v: v >= 0.7,
                        "" if not lm else f"bound {lm['bandwidth_bound_tok_s']:.1f} tok/s = "
-                                         f"{lm['copy_bandwidth_gb_s']:.1f} GB/s / {lm['bytes_per_token_mb']:.1f} MB"))
+                                         f"{lm['copy_bandwidth_gb_s']:.1f} GB/s / {lm['bytes_per_token_mb']:.1f} MB"
+                                         + (f"; weight reading is {lm['weight_floor']['fraction']:.0%} of a step "
+                                            f"({lm['weight_floor']['weights_ms']:.1f} of {lm['weight_floor']['step_ms']:.1f} "
+                                            f"ms, alternated)" if lm.get("weight_floor") else "")))
     flow, note = None, ""
     comp = report.get("compute") or {}
     for name, arm in (comp.get("arms") or {}).items():
@@ -287,6 +290,8 @@ def markdown(report: dict) -> str:
                 f"| ours, batch {lm['batch']} | {_f(lm['ours_batched']['prefill_s'])} | "
                 f"{_f(lm['ours_batched']['decode_tok_s'], '.1f')} |",
                 f"| HF-generate style | {_f(lm['hf_style']['prefill_s'])} | {_f(lm['hf_style']['decode_tok_s'], '.1f')} |",
+                *([f"| ours, small ops on all threads | {_f(lm['ours_all_threads']['prefill_s'])} | "
+                   f"{_f(lm['ours_all_threads']['decode_tok_s'], '.1f')} |"] if "ours_all_threads" in lm else []),
                 f"| bandwidth bound | | {_f(lm['bandwidth_bound_tok_s'], '.1f')} |", "",
                 f"same greedy tokens: {lm['same_greedy_tokens']}", ""]
     if (comp := report.get("compute")) and comp.get("arms"):

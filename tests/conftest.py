@@ -198,6 +198,29 @@ def assert_pcm_close(actual: bytes, expected: bytes, *, steps: int = 1, what: st
     assert err <= steps, f"{what} differs by {err} 16-bit steps > {steps}"
 
 
+def calls_at_once(client, calls, limit_s: float = 300.0) -> list:
+    """Send (method, path, json body, status, needle) calls all at once, one thread each; check each got
+    its status and, for an error, a message containing its needle; returns the responses in order."""
+    import threading
+
+    results: list = [None] * len(calls)
+
+    def send(i):
+        method, path, body = calls[i][:3]
+        results[i] = client.post(path, json=body) if method == "post" else client.get(path)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=limit_s)
+    for (_method, path, body, status, needle), r in zip(calls, results, strict=True):
+        assert r is not None and r.status_code == status, (path, body, r and r.text)
+        if needle:
+            assert needle in r.json()["error"]["message"], r.text
+    return results
+
+
 @pytest.fixture(scope="session")
 def lite_engine(tmp_path_factory):
     """The lite backend (Kokoro) behind an Engine with a prompt cache, loaded once per session."""

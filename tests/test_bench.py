@@ -34,7 +34,8 @@ def test_parse_overrides_and_profiles():
                                                  "offline_prime": False, "dtype": "float32"}
     assert bench.parse_overrides("baseline,flow-steps=5")["flow_steps"] == 5
     assert bench.parse_overrides("") == {} and bench.parse_overrides("default") == {}
-    for bad in ("cache=maybe", "nonsense=1", "threads=two", "fastest"):
+    assert bench.parse_overrides("stream_chunk_rows=6:24:48") == {"stream_chunk_rows": (6, 24, 48)}
+    for bad in ("cache=maybe", "nonsense=1", "threads=two", "fastest", "stream_chunk_rows=6:x"):
         with pytest.raises(ValidationError):
             bench.parse_overrides(bad)
 
@@ -45,6 +46,9 @@ def test_apply_overrides_maps_to_engine_config():
     assert (cfg.cache_enabled, cfg.lm_loop, cfg.warmup, cfg.flow_steps) == (False, "naive", False, 5)
     assert cfg.sampling.temperature == 0.0 and cfg.sampling.max_new_tokens == 7
     assert bench.apply_overrides(base, {}) == base
+    assert bench.apply_overrides(base, bench.parse_overrides("stream_chunk_rows=6:24")).stream_chunk_rows == (6, 24)
+    with pytest.raises(ValidationError, match="multiples of 3"):  # the engine's own check still applies
+        bench.apply_overrides(base, bench.parse_overrides("stream_chunk_rows=7:24"))
 
 
 def test_weight_key_shares_backends_only_across_equal_weights():

@@ -60,6 +60,16 @@ def wait_ready(client, limit_s: float = WAIT_S) -> None:
     assert r.status_code == 200, r.text
 
 
+STARTUP_THREADS = ("editx-load", "editx-prepare")  # EngineHolder's start-up threads (editx/server/app.py)
+
+
+def wait_gone(names: tuple[str, ...], limit_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + limit_s
+    while (alive := [t.name for t in threading.enumerate() if t.name in names]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive, f"start-up threads still running after {limit_s} s: {alive}"
+
+
 def non_pool_threads() -> int:
     # idle threadpool workers linger by design (anyio reuses them); every other thread must be gone
     return sum(type(t).__name__ != "WorkerThread" for t in threading.enumerate())
@@ -83,6 +93,8 @@ def test_chaos_every_request_gets_its_own_answer_and_nothing_leaks(make_engine, 
         assert all(status == 200 and len(body) > 0 for status, body in alone.values())
         base = settle(srv, engine)
         wait_ready(c)  # start-up preparation (built-in voice warming) runs on a thread of its own: let it end first
+        # /readyz says ready as the preparation finishes, a moment before its thread exits: wait for the exit
+        wait_gone(STARTUP_THREADS)
         base_threads = non_pool_threads()
 
         plan = [(k, s) for k in VALID for s in (0, 1)] * 2 + [(k, 0) for k in errors] * 2

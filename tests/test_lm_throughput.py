@@ -35,6 +35,9 @@ def test_bytes_per_token_counts_weights_and_cache(model):
 def test_compare_reports_everything(model):
     report = compare(model, prompt_len=64, new_tokens=4, batch=2)
     assert report["same_greedy_tokens"] is True
-    for key in ("ours", "ours_batched", "hf_style"):
+    for key in ("ours", "ours_batched", "hf_style", "ours_all_threads"):
         assert report[key]["decode_tok_s"] > 0 and report[key]["prefill_s"] > 0
+    floor = report["weight_floor"]
+    assert floor["steps"] == 4 and floor["weights_ms"] > 0 and floor["step_ms"] > 0
+    assert floor["fraction"] == pytest.approx(floor["weights_ms"] / floor["step_ms"])
     assert report["bandwidth_bound_tok_s"] > 0 and memcpy_bandwidth(2**20, repeats=1) > 0

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import speechlike
+from conftest import calls_at_once, speechlike
 
 from editx.errors import ValidationError
 from editx.pipeline.types import PromptAudio
@@ -158,7 +158,7 @@ def test_redis_sessions_expire_with_their_audio(redis_url):
     store = RedisSessionStore(redis_url, SessionLimits(ttl_s=0.3), prefix="test:expiry:")
     s, root = store.create("brief", _new(0, "upload"))
     keys = store._client.keys("test:expiry:*")
-    assert len(keys) == 3 and all(0 < store._client.pttl(k) <= 300 for k in keys)  # session, versions, audio
+    assert len(keys) == 4 and all(0 < store._client.pttl(k) <= 300 for k in keys)  # session, versions, audio, index
     deadline = time.monotonic() + 30
     while store._client.exists(*keys) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -262,21 +262,7 @@ def test_bad_and_good_session_requests_concurrently(lite, tmp_path):
             ("post", f"/v1/sessions/{sid}/edits", {"version": root, "edit_type": "speed", "edit_info": "faster"}, 201,
              None),
         ]
-        results: list = [None] * len(calls)
-
-        def worker(i):
-            method, path, body, _, _ = calls[i]
-            results[i] = c.post(path, json=body) if method == "post" else c.get(path)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-        for (_method, path, body, status, needle), r in zip(calls, results, strict=True):
-            assert r is not None and r.status_code == status, (path, body, r and r.text)
-            if needle:
-                assert needle in r.json()["error"]["message"], r.text
+        results = calls_at_once(c, calls)
         tree = c.get(f"/v1/sessions/{sid}").json()
         clone = results[0].json()
         assert clone["version"]["op"] == "clone" and clone["version"]["edit"]["voice_id"] == voice

@@ -19,8 +19,10 @@ def server_url(make_engine, tmp_path):
     from editx.server.app import create_app
     from editx.server.settings import ServerSettings
 
-    app = create_app(make_engine(), settings=ServerSettings(data_dir=tmp_path / "data"))
-    with live_server(app, start_timeout_s=30) as url:
+    # built-in voice warming off: /readyz (the page's "ready") would otherwise wait for 16 prompt
+    # encodings, which on a loaded machine outlast the page's wait
+    app = create_app(make_engine(), settings=ServerSettings(data_dir=tmp_path / "data", warm_builtin_voices=False))
+    with live_server(app, start_timeout_s=120) as url:
         yield url
 
 

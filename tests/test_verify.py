@@ -166,7 +166,7 @@ def test_broken_output_is_caught_and_retried(engine, prompt):
 
 @pytest.mark.slow
 def test_good_output_passes_first_time_and_transcript_is_filled(engine, prompt, tmp_path, capsys):
-    from editx.cli import _write_result
+    from editx.cli.synthesis import write_result
     from editx.pipeline.types import CloneRequest
 
     r = engine.run(CloneRequest(prompt[0], None, GOOD, seed=3), verify=VerifyPolicy(attempts=2))
@@ -175,7 +175,7 @@ def test_good_output_passes_first_time_and_transcript_is_filled(engine, prompt, 
     assert error_rate(prompt[1], r.input_transcript)[0] <= 0.2  # what the ASR heard in the prompt
     assert [s["name"] for s in r.timeline["stages"]][0] == "transcribe_input"
     # the CLI's summary lines
-    _write_result(r, tmp_path / "out.wav", None)
+    write_result(r, tmp_path / "out.wav", None)
     out = capsys.readouterr().out
     assert "input transcript (ASR): " + r.input_transcript in out
     assert f"verified wer={r.verification.error_rate:.3f} speaker_sim={r.verification.speaker_sim:.3f}" in out

@@ -46,7 +46,7 @@ from editx.decoder.vocoder import STREAM_MEL_CACHE, HiFTGenerator
 from editx.errors import ValidationError
 
 NOISE_MODES = ("offline", "upstream")
-STREAM_CHUNK_ROWS = (15, 24, 48)  # upstream chunk_size_list: flow rows per chunk; the last one repeats
+STREAM_CHUNK_ROWS = (6, 24, 48)  # flow rows per chunk, the last repeats (upstream: 15, 24, 48; config.py)
 DIT_LEFT_CONTEXT = 2 * 48  # generated mel frames the DiT attention cache keeps besides the prompt
 MIN_CHUNK_ROWS = 6  # 12 mel frames: more than the vocoder's 8-frame carry
 

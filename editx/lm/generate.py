@@ -24,6 +24,7 @@ import torch
 
 from editx.config import SamplingConfig
 from editx.errors import QueueFullError, ValidationError
+from editx.lm import threads
 from editx.lm.kv_cache import KVCache, PrefixSnapshot
 from editx.lm.sampling import make_generator, select_token
 
@@ -80,16 +81,21 @@ def prefill(model, cache: KVCache, slots: Sequence[int], chunks: Sequence[Sequen
 
 @torch.inference_mode()
 def decode_one(model, cache: KVCache, slots: Sequence[int], tokens: Sequence[int],
-               positions: Sequence[int]) -> torch.Tensor:
-    """Feed one token per row at its position; returns fp32 logits (B, V) for the next token."""
+               positions: Sequence[int], *, narrow_threads: bool = True) -> torch.Tensor:
+    """Feed one token per row at its position; returns fp32 logits (B, V) for the next token.
+
+    `narrow_threads`: on the CPU, the step's small ops run on one intra-op thread and only the
+    weight GEMVs on all of them (`editx.lm.threads`); the numbers do not change.
+    """
     device = model.device
     rows = _rows(slots)
     if isinstance(rows, torch.Tensor):
         rows = rows.to(device)
     pos = torch.tensor(positions, dtype=torch.int64, device=device)[:, None]  # (B, 1)
     tok = torch.tensor(tokens, dtype=torch.int64, device=device)[:, None]
-    hidden = model(tok, pos, cache, rows, pos, max(positions) + 1)
-    return model.logits(hidden[:, 0])
+    with threads.narrow(narrow_threads and device.type == "cpu"):
+        hidden = model(tok, pos, cache, rows, pos, max(positions) + 1)
+        return model.logits(hidden[:, 0])
 
 
 @torch.inference_mode()
@@ -151,8 +157,10 @@ class DecodeSession:
     """
 
     def __init__(self, model, *, max_batch: int = 1, max_length: int = SamplingConfig().max_length,
-                 eos_id: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> None:
+                 eos_id: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
+                 narrow_threads: bool = True) -> None:
         self.model = model
+        self.narrow_threads = narrow_threads
         self.max_length = max_length
         self.eos_id = model.config.eos_token_id if eos_id is None else eos_id
         self.prefill_chunk = prefill_chunk
@@ -215,7 +223,8 @@ class DecodeSession:
         if running:
             reqs = [self._requests[s] for s in running]
             logits = decode_one(self.model, self.cache, running, [r.last for r in reqs],
-                                [len(r.prompt) + r.n_generated - 1 for r in reqs])
+                                [len(r.prompt) + r.n_generated - 1 for r in reqs],
+                                narrow_threads=self.narrow_threads)
             out += [self._advance(s, r, row) for s, r, row in zip(running, reqs, logits.cpu())]
         return sorted(out, key=lambda o: o.slot)
 

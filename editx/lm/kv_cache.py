@@ -66,6 +66,8 @@ class KVCache:
         self.k = list(self._k.unbind(0))  # per-layer views, built once
         self.v = list(self._v.unbind(0))
         self.max_len = max_len
+        self._sqrt_rev: torch.Tensor | None = None  # decode_bias's tables, made at the first decode
+        self._bias: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model, batch: int, max_len: int) -> KVCache:
@@ -84,6 +86,31 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return self._k.numel() * self._k.element_size() * 2
+
+    def decode_bias(self, slopes: torch.Tensor, positions: list[int], kv_len: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+        """The ALiBi bias of one decode step, (B, H, 1, kv_len): row b's query at positions[b].
+
+        Equals `model.alibi_bias` bit for bit (the same fp32 products of -slope and sqrt of an exact
+        integer distance), without building the distance matrix each step: a reversed table
+        sqrt(max_len - i) made once per cache gives every row's distances as one slice, written
+        into a preallocated buffer.
+        """
+        B, H = len(positions), slopes.numel()
+        if self._bias is None or self._bias.numel() < self.batch * H * (self.max_len + 1):
+            device = self._k.device
+            dist = torch.arange(self.max_len, -1, -1, device=device, dtype=torch.int64)
+            self._sqrt_rev = dist.to(torch.float32).sqrt_()
+            self._bias = torch.empty(self.batch * H * (self.max_len + 1), device=device, dtype=torch.float32)
+        bias = self._bias[: B * H * kv_len].view(B, H, kv_len)
+        neg = -slopes.to(torch.float32)[:, None]  # (H, 1)
+        for b, p in enumerate(positions):
+            n = min(p + 1, kv_len)  # keys 0..p; above the query's own position: -inf
+            torch.mul(neg, self._sqrt_rev[self.max_len - p: self.max_len - p + n], out=bias[b, :, :n])
+            if n < kv_len:
+                bias[b, :, n:] = float("-inf")
+        bias = bias[:, :, None]  # (B, H, 1, S)
+        return bias if dtype == torch.float32 else bias.to(dtype)
 
     def snapshot(self, row: int, tokens: list[int] | tuple[int, ...]) -> PrefixSnapshot:
         """Copy row's K/V for positions 0..len(tokens)-1 (the caller vouches they hold `tokens`)."""

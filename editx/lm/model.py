@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from editx.errors import ModelFilesError, ValidationError
+from editx.lm import threads
 
 MODEL_TYPE = "step1"
 ARCHITECTURE = "Step1ForCausalLM"
@@ -188,11 +189,13 @@ SKINNY_ROWS = 16  # decode-sized inputs: at most this many tokens in one call
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x), computed as W @ x^T for a handful of rows on the CPU: MKL's sgemm repacks W for
     x @ W^T with 2..16 rows and runs 2-3x slower than streaming W once (measured on 3072x3072 and
-    the 74752-row lm_head), which would make batched decoding no cheaper than serial decoding."""
-    if type(layer) is not nn.Linear or x.device.type != "cpu" or x.numel() > SKINNY_ROWS * x.shape[-1]:
-        return layer(x)
-    w = layer.weight
-    return torch.mm(w, x.reshape(-1, x.shape[-1]).t()).t().reshape(*x.shape[:-1], w.shape[0])
+    the 74752-row lm_head), which would make batched decoding no cheaper than serial decoding.
+    Runs with every intra-op thread even inside a decode step's `threads.narrow()`."""
+    with threads.wide():
+        if type(layer) is not nn.Linear or x.device.type != "cpu" or x.numel() > SKINNY_ROWS * x.shape[-1]:
+            return layer(x)
+        w = layer.weight
+        return torch.mm(w, x.reshape(-1, x.shape[-1]).t()).t().reshape(*x.shape[:-1], w.shape[0])
 
 
 class RMSNorm(nn.Module):
@@ -204,7 +207,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Variance in fp32, scale applied in the input dtype (upstream StepRMSNorm).
         var = x.float().pow(2).mean(-1, keepdim=True)
-        return x * torch.rsqrt(var + self.eps).to(x.dtype) * self.weight
+        return x * var.add_(self.eps).rsqrt_().to(x.dtype) * self.weight
 
 
 class Attention(nn.Module):
@@ -216,18 +219,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.kv_dim, bias=False)
         self.o_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                write_rows: torch.Tensor, slots: torch.Tensor, read_rows: torch.Tensor | None,
-                kv_len: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor,
+                write_index: torch.Tensor, read_rows: slice | torch.Tensor, kv_len: int) -> torch.Tensor:
         B, T, C = x.shape  # (B, T, C)
         G, D, r = self.n_groups, self.head_dim, self.n_heads // self.n_groups
-        # Write this chunk's keys/values at each row's own slots (padding goes to the scratch slot).
-        k_cache[write_rows, :, slots] = linear(self.k_proj, x).view(B, T, G, D)
-        v_cache[write_rows, :, slots] = linear(self.v_proj, x).view(B, T, G, D)
-        if read_rows is None:
-            keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]  # views, (B, G, S, D)
-        else:
-            keys, values = k_cache[read_rows, :, :kv_len], v_cache[read_rows, :, :kv_len]
+        # Write this chunk's keys/values at each row's own slots (padding goes to the scratch slot):
+        # one index_copy_ into the layer's flat (rows * G * slots, D) view, rows (b, t, g) in order.
+        k_layer.view(-1, D).index_copy_(0, write_index, linear(self.k_proj, x).reshape(B * T * G, D))
+        v_layer.view(-1, D).index_copy_(0, write_index, linear(self.v_proj, x).reshape(B * T * G, D))
+        # Views for a slice of rows, a gather for a row-id tensor: (B, G, S, D)
+        keys, values = k_layer[read_rows, :, :kv_len], v_layer[read_rows, :, :kv_len]
         # Heads h = g*r + i share group g: fold the r heads of a group into the query axis so the
         # grouped K/V are used without being repeated.
         q = linear(self.q_proj, x).view(B, T, G, r, D).permute(0, 2, 3, 1, 4).reshape(B, G, r * T, D)
@@ -256,8 +257,8 @@ class Layer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, bias, k_cache, v_cache, write_rows, slots, read_rows, kv_len):
-        h = self.self_attn(self.input_layernorm(x), bias, k_cache, v_cache, write_rows, slots, read_rows, kv_len)
+    def forward(self, x, bias, k_layer, v_layer, write_index, read_rows, kv_len):
+        h = self.self_attn(self.input_layernorm(x), bias, k_layer, v_layer, write_index, read_rows, kv_len)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -308,18 +309,22 @@ class Step1ForCausalLM(nn.Module):
         `positions` are the tokens' absolute positions (ALiBi distances use them); `slots` are where
         their K/V go in the cache (= positions, or the cache's scratch slot for padding).
         """
-        B = tokens.shape[0]
+        B, T = tokens.shape
         x = self.model.embed_tokens(tokens)
-        bias = alibi_bias(self.alibi_slopes, positions, kv_len, x.dtype)  # (B, H, T, S), shared by layers
-        if isinstance(rows, slice):
-            write_rows, read_rows = torch.arange(B, device=tokens.device)[:, None], None
+        if T == 1:  # decode: the bias row from the cache's sqrt table, no (B, H, T, S) distance matrix
+            bias = cache.decode_bias(self.alibi_slopes, positions[:, 0].tolist(), kv_len, x.dtype)
         else:
-            write_rows, read_rows = rows[:, None], rows
+            bias = alibi_bias(self.alibi_slopes, positions, kv_len, x.dtype)  # (B, H, T, S), shared by layers
+        if isinstance(rows, slice):
+            row_ids = torch.arange(rows.start or 0, (rows.start or 0) + B, device=tokens.device)
+        else:
+            row_ids = rows
+        G, slots_per_row = self.config.num_attention_groups, cache.k[0].shape[2]
+        groups = torch.arange(G, device=tokens.device)
+        # Flat row of (row b, group g, slot s) in a layer's (rows * G * slots, D) view, ordered (b, t, g)
+        write_index = ((row_ids[:, None, None] * G + groups) * slots_per_row + slots[:, :, None]).reshape(-1)
         for i, layer in enumerate(self.model.layers):
-            k_cache, v_cache = cache.k[i], cache.v[i]
-            if read_rows is None:
-                k_cache, v_cache = k_cache[rows], v_cache[rows]
-            x = layer(x, bias, k_cache, v_cache, write_rows, slots, read_rows, kv_len)
+            x = layer(x, bias, cache.k[i], cache.v[i], write_index, rows, kv_len)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -68,11 +68,13 @@ def _sync(device) -> None:
 
 
 @torch.inference_mode()
-def ours_tokens_per_s(model: Step1ForCausalLM, prompts: Sequence[Sequence[int]], new_tokens: int) -> dict:
+def ours_tokens_per_s(model: Step1ForCausalLM, prompts: Sequence[Sequence[int]], new_tokens: int, *,
+                      narrow_threads: bool = True) -> dict:
     """Prefill time and decode tokens/s of DecodeSession (greedy, all rows in one batch)."""
     sampling = SamplingConfig(temperature=0.0, max_length=max(map(len, prompts)) + new_tokens + 1,
                               repetition_window=0)
-    session = DecodeSession(model, max_batch=len(prompts), max_length=sampling.max_length)
+    session = DecodeSession(model, max_batch=len(prompts), max_length=sampling.max_length,
+                            narrow_threads=narrow_threads)
     for p in prompts:
         session.add(p, sampling=sampling)
     t = time.perf_counter()
@@ -160,6 +162,10 @@ def compare(model: Step1ForCausalLM, *, prompt_len: int = 512, new_tokens: int =
     vocab = model.config.vocab_size
     prompts = [torch.randint(0, vocab, (prompt_len,), generator=g).tolist() for _ in range(batch)]
     ours_single = ours_tokens_per_s(model, prompts[:1], new_tokens)
+    # The same loop with every small op on all intra-op threads (before issue 22's narrowing)
+    wide = (ours_tokens_per_s(model, prompts[:1], new_tokens, narrow_threads=False)
+            if torch.get_num_threads() > 1 and torch.device(model.device).type == "cpu" else ours_single)
+    floor = weight_read_floor(model, prompts[0], steps=min(16, new_tokens))
     ours_batch = ours_tokens_per_s(model, prompts, new_tokens) if batch > 1 else ours_single
     hf = hf_style_tokens_per_s(model, prompts[0], new_tokens)
     bandwidth = memcpy_bandwidth(device=model.device)
@@ -169,9 +175,41 @@ def compare(model: Step1ForCausalLM, *, prompt_len: int = 512, new_tokens: int =
         "threads": torch.get_num_threads(), "device": str(model.device), "dtype": str(model.dtype),
         "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch,
         "same_greedy_tokens": check_same_greedy(model, prompts[0][:64]),
-        "ours": ours_single, "ours_batched": ours_batch, "hf_style": hf,
+        "ours": ours_single, "ours_batched": ours_batch, "hf_style": hf, "ours_all_threads": wide,
+        "narrow_speedup": ours_single["decode_tok_s"] / wide["decode_tok_s"],
         "decode_speedup": ours_single["decode_tok_s"] / hf["decode_tok_s"],
         "prefill_speedup": hf["prefill_s"] / ours_single["prefill_s"],
         "copy_bandwidth_gb_s": bandwidth / 1e9, "bytes_per_token_mb": per_token / 1e6,
         "bandwidth_bound_tok_s": bound, "fraction_of_bound": ours_single["decode_tok_s"] / bound,
+        "weight_floor": floor,
     }
+
+
+@torch.inference_mode()
+def weight_read_floor(model: Step1ForCausalLM, prompt: Sequence[int], *, steps: int = 16) -> dict:
+    """How much of a decode step is weight reading: decode steps alternated with a pass that only
+    multiplies one activation row by every Linear weight of the step (same GEMV shapes, same threads),
+    medians of both. On a shared CPU this ratio is steadier than a step against a memcpy probed at
+    another moment, and what it leaves (1 - fraction) is exactly the step's non-weight work."""
+    from editx.lm.model import linear
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    x = {m.in_features: torch.zeros(1, m.in_features, device=model.device, dtype=model.dtype) for m in layers}
+    session = DecodeSession(model, max_batch=1, max_length=len(prompt) + steps + 2)
+    session.add(prompt, sampling=SamplingConfig(temperature=0.0, max_length=len(prompt) + steps + 2,
+                                                repetition_window=0))
+    session.step()
+    step_s, pass_s = [], []
+    for _ in range(steps):
+        _sync(model.device)
+        t = time.perf_counter()
+        session.step()
+        _sync(model.device)
+        step_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for m in layers:
+            linear(m, x[m.in_features])
+        _sync(model.device)
+        pass_s.append(time.perf_counter() - t)
+    step, weights = sorted(step_s)[len(step_s) // 2], sorted(pass_s)[len(pass_s) // 2]
+    return {"steps": steps, "step_ms": 1000 * step, "weights_ms": 1000 * weights, "fraction": weights / step}

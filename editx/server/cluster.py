@@ -1,9 +1,9 @@
 """`editx serve --replicas N`: the same FastAPI app on Ray Serve, an ingress in front of N engine replicas.
 
-Each `EngineReplica` loads the Engine once and warms it up in its constructor, so Ray only routes to
-it (and only marks it healthy) once it can serve; its health check is "the engine is ready". It runs
-the ordinary `create_app` app in-process: requests reach it as plain data and it answers with the
-app's own status, headers and body chunks, adding `X-Editx-Replica`. What replicas share lives in
+Each `EngineReplica` (editx/server/cluster_replica.py) loads the Engine once and warms it up in its
+constructor, so Ray only routes to it (and only marks it healthy) once it can serve; its health check
+is "the engine is ready". It runs the ordinary `create_app` app in-process: requests reach it as plain
+data and it answers with the app's own status, headers and body chunks, adding `X-Editx-Replica`. What replicas share lives in
 Redis: the prompt cache's shared tier (`EngineConfig.redis_url`) and the voice registry
 (`make_voice_store`). Everything else (weights, KV caches, the memory/disk cache tiers) is per replica.
 
@@ -18,7 +18,6 @@ This module imports ray only inside functions: `editx serve` without `--replicas
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -131,108 +130,6 @@ def cluster_requested(args) -> bool:
     return bool(getattr(args, "replicas", None) or getattr(args, "max_replicas", None))
 
 
-# ---- the engine replica ------------------------------------------------------------------------
-_DONE = object()
-
-
-class EngineReplica:
-    """One Engine + the ordinary app; Ray marks it running only after load and warm-up finish."""
-
-    def __init__(self, config, settings) -> None:
-        import ray
-        from ray import serve
-
-        from editx.pipeline.engine import Engine
-        from editx.server.app import create_app
-        from editx.server.voices_redis import make_voice_store
-
-        self.replica_id = serve.get_replica_context().replica_tag
-        self.actor_name = ray.get_runtime_context().get_actor_name()
-        t0 = time.perf_counter()
-        self.engine = Engine.load(config)  # warms up when config.warmup (the default)
-        self.app = create_app(self.engine, settings=settings, store=make_voice_store(settings, config.redis_url),
-                              owns_engine=True)
-        self.app.state.holder.prepare()  # built-in voices into the prompt cache (no ASGI lifespan runs here)
-        log.info("replica ready", extra={"replica": self.replica_id, "load_s": round(time.perf_counter() - t0, 3),
-                                         "backend": self.engine.backend.name, "pid": os.getpid()})
-
-    def check_health(self) -> None:
-        """Ray Serve's health check: the engine is loaded, warm and its worker alive."""
-        from editx.errors import EditxError
-
-        if not self.engine.ready or not self.engine.alive:
-            raise EditxError(f"replica {self.replica_id}: engine not ready")
-
-    def info(self) -> dict:
-        return {"replica": self.replica_id, "actor_name": self.actor_name, "pid": os.getpid(),
-                "queue_depth": self.engine.queue_depth}
-
-    async def handle(self, req: dict):
-        """Run one HTTP request through the app; yields {"status", "headers"} then body chunks."""
-        sent: asyncio.Queue = asyncio.Queue()
-        gone = asyncio.Event()
-        body_given = False
-
-        async def receive():
-            nonlocal body_given
-            if not body_given:
-                body_given = True
-                return {"type": "http.request", "body": req["body"], "more_body": False}
-            await gone.wait()  # the caller went away (or the response is complete)
-            return {"type": "http.disconnect"}
-
-        task = asyncio.create_task(self._run(_scope(req), receive, sent.put, sent))
-        try:
-            while True:
-                msg = await sent.get()
-                if msg is _DONE:
-                    break
-                if msg["type"] == "http.response.start":
-                    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in msg.get("headers", [])]
-                    yield {"status": msg["status"], "headers": headers + [(REPLICA_HEADER, self.replica_id)]}
-                elif msg["type"] == "http.response.body":
-                    if msg.get("body"):
-                        yield bytes(msg["body"])
-                    if not msg.get("more_body", False):
-                        break
-        finally:
-            gone.set()  # a cancelled stream cancels the engine job (the app polls for disconnects)
-            asyncio.get_running_loop().call_later(5.0, task.cancel)
-
-    async def _run(self, scope, receive, send, sent: asyncio.Queue) -> None:
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:  # the app's own handler already answered 500; anything else gets one here
-            if not started:
-                log.exception("request failed in replica", extra={"replica": self.replica_id})
-                await send({"type": "http.response.start", "status": 500,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "more_body": False,
-                            "body": b'{"error":{"message":"internal error (see the replica log)",'
-                                    b'"type":"internal_error","code":500}}'})
-        finally:
-            await sent.put(_DONE)
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.close()
-
-
-def _scope(req: dict) -> dict:
-    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": req["method"], "scheme": "http", "path": req["path"], "raw_path": req["path"].encode(),
-            "query_string": req["query"], "root_path": "", "headers": req["headers"], "client": req["client"],
-            "server": ("editx-replica", 0), "state": {}}
-
-
 # ---- the ingress -------------------------------------------------------------------------------
 def _json_error(status: int, message: str, code: str, retry_after: int | None = None):
     from starlette.responses import JSONResponse
@@ -251,8 +148,13 @@ class Ingress:
         self.options = options
 
     async def __call__(self, request):
-        from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+        from ray.exceptions import RayActorError, RayError
+        from ray.serve.exceptions import (
+            BackPressureError,
+            DeploymentUnavailableError,
+            RayServeException,
+            ReplicaUnavailableError,
+        )
         from starlette.responses import StreamingResponse
 
         body = await self._read_body(request)
@@ -280,6 +182,10 @@ class Ingress:
                     continue
                 return _json_error(503, "the replica serving this request stopped (it is being restarted); "
                                         "retry shortly", "replica_unavailable", retry_after)
+            except (RayServeException, RayError) as exc:  # Ray could not run it (not the app's answer): retry
+                log.warning("the cluster could not run a request", exc_info=True, extra={"path": req["path"]})
+                return _json_error(503, f"the cluster could not run this request ({type(exc).__name__}); retry "
+                                        "shortly", "cluster_unavailable", retry_after)
             headers = dict(start["headers"])
             if attempt:
                 headers[RETRIED_HEADER] = str(attempt)
@@ -309,10 +215,12 @@ def build_app(config, settings, options: ClusterOptions):
     """The bound Serve application: Ingress → EngineReplica × N (nothing is started here)."""
     from ray import serve
 
+    from editx.server.cluster_replica import EngineReplica, code_fingerprint
+
     engine = serve.deployment(EngineReplica, name="EngineReplica", **options.engine_deployment_options())
     ingress = serve.deployment(Ingress, name="Ingress", num_replicas=options.ingress_replicas,
                                ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
-    return ingress.bind(engine.bind(config, settings), settings.max_request_bytes, options)
+    return ingress.bind(engine.bind(config, settings, code_fingerprint()), settings.max_request_bytes, options)
 
 
 def app_from_args(args: dict):
@@ -325,7 +233,18 @@ def app_from_args(args: dict):
     return build_app(EngineConfig.from_env(), ServerSettings.from_env(), ClusterOptions.from_mapping(args))
 
 
-def start_ray(options: ClusterOptions) -> str:
+# Ray Serve's controller kills an HTTP proxy that does not answer its first readiness check within
+# 5 s (later health checks: 10 s); on a busy host (replicas loading a model on every core) the proxy
+# misses that and `serve.start` fails. The proxy gets the replicas' health-check timeout instead.
+# The controller reads these from its environment: a local Ray instance inherits this process's; a
+# remote cluster needs them set on its nodes (docs/DEPLOYMENT.md).
+PROXY_TIMEOUT_ENV = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S")
+# Ray gives a new node's raylet a fixed 30 s to register, which a busy host can miss; starting again
+# usually makes it. Attempts stop after this long.
+LOCAL_START_LIMIT_S = 300.0
+
+
+def start_ray(options: ClusterOptions, *, log_to_driver: bool = True, start_limit_s: float = LOCAL_START_LIMIT_S) -> str:
     """Join the cluster at --ray-address/RAY_ADDRESS, or start a local Ray instance; returns which."""
     import ray
 
@@ -335,8 +254,19 @@ def start_ray(options: ClusterOptions) -> str:
     if address:
         ray.init(address=address)
         return address.rpartition("@")[2]
-    ray.init(num_cpus=options.ray_num_cpus or os.cpu_count(), include_dashboard=False)
-    return "local"
+    for name in PROXY_TIMEOUT_ENV:  # an explicit setting wins
+        os.environ.setdefault(name, str(options.health_check_timeout_s))
+    deadline = time.monotonic() + start_limit_s
+    while True:
+        try:
+            ray.init(num_cpus=options.ray_num_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=log_to_driver)
+            return "local"
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this one
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("local Ray did not start in time; starting it again", extra={"error": str(exc)[:200]})
 
 
 def deploy(config, settings, options: ClusterOptions, *, host: str, port: int, name: str = APP_NAME) -> None:

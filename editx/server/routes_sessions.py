@@ -1,12 +1,14 @@
 """Edit sessions over HTTP: start from a clone or an uploaded clip, edit any version (a branch when
-it is not the newest), list the version tree, fetch any version's audio, undo or pick the current one."""
+it is not the newest), list the sessions and a session's version tree, fetch any version's audio, undo
+or pick the current one. A clone or edit may be verified (`verify`, as `editx.verify` of a speech
+request): its version then records the scores."""
 
 from __future__ import annotations
 
 import functools
 import threading
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -16,11 +18,14 @@ from editx.pipeline.types import CloneRequest, PromptAudio
 from editx.server.app import await_job, engine_of, error_response, timeline_header
 from editx.server.routes_audio import MEDIA_TYPES, decode_upload
 from editx.server.schemas import ResponseFormat
+from editx.server.verify_http import VerifySpec, load_models_if, policy_for
 from editx.sessions import service
 from editx.sessions.store import SessionNotFoundError, make_session_store
 
 router = APIRouter(tags=["sessions"])
 _lock = threading.Lock()
+VERIFY_DOC = ("check the output's words and voice (true, false or thresholds; default: the server's EDITX_VERIFY); "
+              "the version records the scores")
 
 
 class SessionCreate(BaseModel):
@@ -31,6 +36,7 @@ class SessionCreate(BaseModel):
     text: str = Field(..., min_length=1, max_length=20_000)
     name: str | None = Field(None, max_length=100)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    verify: VerifySpec = Field(None, description=VERIFY_DOC)
 
 
 class SessionEdit(BaseModel):
@@ -41,6 +47,7 @@ class SessionEdit(BaseModel):
     text: str | None = Field(None, max_length=20_000, description="paralinguistic: the transcript with tags")
     iterations: int = Field(1, ge=1, le=10)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    verify: VerifySpec = Field(None, description=VERIFY_DOC)
 
 
 class CurrentBody(BaseModel):
@@ -93,19 +100,35 @@ async def create_session(request: Request):
         except ValueError as exc:
             raise ValidationError(f"invalid JSON body: {exc}") from None
         engine = engine_of(request)
+        policy = policy_for(engine, body.verify)  # a bad threshold is a 400 before any work
         voices = request.app.state.store
         voice = await run_in_threadpool(voices.get, body.voice)
         prompt = await run_in_threadpool(voices.audio, body.voice)
         seed = body.seed if body.seed is not None else service.fresh_seed()
         req = CloneRequest(prompt, voice.prompt_text, body.text, seed=seed, voice_id=voice.id)
-        result = await await_job(request, engine, engine.submit(req))
+        result = await _run(request, engine, req, policy)
+        seed, scores = service.outcome(req, result)
         root = service.root_version("clone", req.text, PromptAudio(result.audio, result.sample_rate), seed=seed,
-                                    timeline=result.timeline, voice_id=voice.id)
+                                    timeline=result.timeline, voice_id=voice.id, scores=scores)
         name = body.name
     else:
         raise ValidationError("send application/json (voice + text: a clone) or multipart/form-data (file + text)")
     session, version = await run_in_threadpool(store.create, name or "", root)
     return _created({"session": session.to_dict(), "version": version.to_dict()})
+
+
+async def _run(request: Request, engine, req, policy):
+    """Run a clone or edit, verified when `policy` (from `policy_for`) says so."""
+    await load_models_if(engine, policy, needs_transcript=False)
+    return await await_job(request, engine, engine.submit(req, verify=policy))
+
+
+@router.get("/v1/sessions", summary="The live sessions, newest first, a page at a time")
+async def list_sessions(request: Request,
+                        limit: int = Query(20, ge=1, le=service.MAX_PAGE, description="sessions per page"),
+                        cursor: str | None = Query(None, max_length=200,
+                                                   description="`next_cursor` of the previous page")):
+    return await run_in_threadpool(service.list_page, sessions_of(request), limit, cursor)
 
 
 @router.get("/v1/sessions/{session_id}", summary="A session and its version tree")
@@ -127,8 +150,9 @@ async def edit_version(session_id: str, body: SessionEdit, request: Request):
     engine = engine_of(request)
     store = sessions_of(request)
     spec = service.EditSpec(body.edit_type, body.edit_info, body.text, body.iterations, body.seed)
+    policy = policy_for(engine, body.verify)  # a bad threshold is a 400 before any work
     req, parent = await run_in_threadpool(service.edit_request, store, session_id, body.version, spec)
-    result = await await_job(request, engine, engine.submit(req))
+    result = await _run(request, engine, req, policy)
     version = await run_in_threadpool(service.record_edit, store, session_id, parent, req, result)
     return _created({"version": version.to_dict(), "session": (await run_in_threadpool(store.get, session_id)).to_dict()})
 

@@ -2,7 +2,9 @@
 
 Keys (prefix `editx:sessions:`): `s:<id>` a hash (name, current, times); `v:<id>` a hash of version
 id -> JSON record; `blob:<digest>` the float32 WAV of one distinct audio content, stored once and
-shared by every version (of any session) with that content. Every key carries the session TTL,
+shared by every version (of any session) with that content; `index` a sorted set of session ids by
+creation time, for the listing (a member whose session expired is dropped when a listing meets it;
+the index's own TTL, renewed with every change, outlives every session in it). Every key carries the session TTL,
 renewed on each change (a session's blobs with it), so Redis itself expires idle sessions. Adding a
 version is one Lua script (parent check, version limit, insert, new current, TTL) so concurrent
 edits of one version land as siblings and a deleted session never gets a stray version.
@@ -14,13 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 
 from editx.errors import EditxError, ValidationError
 from editx.pipeline.types import PromptAudio
 from editx.sessions.blobs import audio_bytes, audio_from_bytes, digest_of
 from editx.sessions.store import (
     NewVersion,
+    Position,
     Session,
+    SessionEntry,
     SessionLimits,
     Version,
     check_id,
@@ -41,6 +46,14 @@ redis.call('hset', KEYS[2], ARGV[2], ARGV[3])
 redis.call('hset', KEYS[1], 'current', ARGV[2], 'updated_at', ARGV[4])
 redis.call('pexpire', KEYS[1], ARGV[5])
 redis.call('pexpire', KEYS[2], ARGV[5])
+local t = redis.call('pttl', KEYS[3])
+if t == -1 or (t >= 0 and t < tonumber(ARGV[5])) then redis.call('pexpire', KEYS[3], ARGV[5]) end
+return 1
+"""
+# the index lives as long as its longest-lived session: its TTL is only ever extended
+_EXTEND_LUA = """
+local t = redis.call('pttl', KEYS[1])
+if t == -1 or (t >= 0 and t < tonumber(ARGV[1])) then redis.call('pexpire', KEYS[1], ARGV[1]) end
 return 1
 """
 
@@ -59,6 +72,7 @@ class RedisSessionStore:
         self.prefix = prefix
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._add = self._client.register_script(_ADD_LUA)
+        self._extend = self._client.register_script(_EXTEND_LUA)
         self._ttl_ms = max(1, int(self.limits.ttl_s * 1000))
 
     def _k(self, kind: str, ident: str) -> str:
@@ -111,19 +125,82 @@ class RedisSessionStore:
             pipe.hset(self._k("v", sid), v.id, self._json(v))
             pipe.pexpire(self._k("s", sid), self._ttl_ms)
             pipe.pexpire(self._k("v", sid), self._ttl_ms)
+            pipe.zadd(self._index, {sid: now})
+            self._extend(keys=[self._index], args=[self._ttl_ms], client=pipe)
             pipe.execute()
 
         self._run(tx)
+        self._prune_index()
         return Session(sid, name, v.id, now, now, now + self.limits.ttl_s), v
+
+    @property
+    def _index(self) -> str:
+        return self.prefix + "index"
+
+    def list(self, limit: int, after: Position | None = None) -> list[SessionEntry]:
+        """Live sessions, newest first: up to `limit` of them after position `after`."""
+        out: list[SessionEntry] = []
+        gone: list[str] = []
+        top, batch, offset = ("+inf" if after is None else after[0]), max(limit, 16), 0
+        while len(out) < limit:
+            page = self._run(partial(self._client.zrevrangebyscore, self._index, top, "-inf", start=offset, num=batch,
+                                     withscores=True))
+            offset += len(page)
+            ids = [m.decode() for m, score in page
+                   if after is None or score < after[0] or m.decode() < after[1]]  # ties: by id, descending
+            entries, dead = self._entries(ids)
+            out += entries[: limit - len(out)]
+            gone += dead
+            if len(page) < batch:
+                break
+        if gone:  # (after the walk: removing members while paging by offset would skip some)
+            self._run(lambda: self._client.zrem(self._index, *gone))
+        return out
+
+    def _entries(self, ids: list[str]) -> tuple[list[SessionEntry], list[str]]:
+        """The sessions of `ids` still alive (in order), and the ids whose session expired."""
+        def read():
+            pipe = self._client.pipeline(transaction=False)
+            for sid in ids:
+                pipe.hgetall(self._k("s", sid))
+                pipe.hlen(self._k("v", sid))
+            return pipe.execute()
+
+        replies = self._run(read) if ids else []
+        entries, gone = [], []
+        for sid, raw, count in zip(ids, replies[::2], replies[1::2]):
+            if raw:
+                entries.append(SessionEntry(self._session(sid, raw), count))
+            else:
+                gone.append(sid)
+        return entries, gone
+
+    def _prune_index(self, sample: int = 4) -> None:
+        """Drop index members whose session expired, from a random sample: run at every create, it
+        keeps the index near the live sessions' count (a quarter stale at most, on average) even
+        when nothing lists them."""
+        def prune():
+            ids = [m.decode() for m in self._client.zrandmember(self._index, sample) or []]
+            pipe = self._client.pipeline(transaction=False)
+            for sid in ids:
+                pipe.exists(self._k("s", sid))
+            dead = [sid for sid, alive in zip(ids, pipe.execute()) if not alive]
+            if dead:
+                self._client.zrem(self._index, *dead)
+
+        self._run(prune)
+
+    def _session(self, session_id: str, raw: dict) -> Session:
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        updated = float(d["updated_at"])
+        return Session(session_id, d["name"], d["current"], float(d["created_at"]), updated,
+                       updated + self.limits.ttl_s)
 
     def get(self, session_id: str) -> Session:
         raw = self._run(lambda: self._client.hgetall(self._k("s", check_id(session_id, "sess", "session"))))
         if not raw:
             raise not_found(session_id)
-        d = {k.decode(): v.decode() for k, v in raw.items()}
-        updated = float(d["updated_at"])
-        return Session(session_id, d["name"], d["current"], float(d["created_at"]), updated,
-                       updated + self.limits.ttl_s)
+        return self._session(session_id, raw)
 
     def versions(self, session_id: str) -> list[Version]:
         self.get(session_id)
@@ -141,7 +218,7 @@ class RedisSessionStore:
     def add_version(self, session_id: str, parent_id: str, new: NewVersion) -> Version:
         self.version(session_id, parent_id)
         v = self._record(session_id, parent_id, new, time.time())
-        status = self._run(lambda: self._add(keys=[self._k("s", session_id), self._k("v", session_id)], args=[
+        status = self._run(lambda: self._add(keys=[self._k("s", session_id), self._k("v", session_id), self._index], args=[
             parent_id, v.id, self._json(v), v.created_at, self._ttl_ms, self.limits.max_versions]))
         if status == -1:
             raise not_found(session_id)
@@ -174,6 +251,7 @@ class RedisSessionStore:
             pipe.hset(self._k("s", session_id), mapping={"current": version_id, "updated_at": now})
             pipe.pexpire(self._k("s", session_id), self._ttl_ms)
             pipe.pexpire(self._k("v", session_id), self._ttl_ms)
+            self._extend(keys=[self._index], args=[self._ttl_ms], client=pipe)
             pipe.execute()
 
         self._run(tx)
@@ -193,7 +271,13 @@ class RedisSessionStore:
     def delete(self, session_id: str) -> None:
         self.get(session_id)
         # blobs may be shared with other sessions: they go with their own TTL
-        self._run(lambda: self._client.delete(self._k("s", session_id), self._k("v", session_id)))
+        def drop():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._k("s", session_id), self._k("v", session_id))
+            pipe.zrem(self._index, session_id)
+            pipe.execute()
+
+        self._run(drop)
 
     def close(self) -> None:
         self._client.close()

@@ -90,6 +90,22 @@ class Session:
 
 
 @dataclass(frozen=True)
+class SessionEntry:
+    """One row of a session listing: the session and how many versions it holds."""
+
+    session: Session
+    version_count: int
+
+    def to_dict(self) -> dict:
+        return {**self.session.to_dict(), "object": "session", "version_count": self.version_count}
+
+
+# A listing position: (created_at, id) of the last session already listed; the next page starts after it.
+# Sessions are listed newest first, ties by id (descending), the same order in every store.
+Position = tuple[float, str]
+
+
+@dataclass(frozen=True)
 class NewVersion:
     """What a caller knows about a version before the store names it."""
 
@@ -107,6 +123,7 @@ class SessionStore(Protocol):
 
     def create(self, name: str, root: NewVersion) -> tuple[Session, Version]: ...
     def get(self, session_id: str) -> Session: ...
+    def list(self, limit: int, after: Position | None = None) -> list[SessionEntry]: ...
     def versions(self, session_id: str) -> list[Version]: ...
     def version(self, session_id: str, version_id: str) -> Version: ...
     def add_version(self, session_id: str, parent_id: str, new: NewVersion) -> Version: ...
@@ -161,6 +178,7 @@ class SQLiteSessionStore:
                       " op TEXT NOT NULL, edit TEXT, seed TEXT, text TEXT NOT NULL, audio TEXT NOT NULL, sample_rate "
                       "INTEGER NOT NULL, duration_s REAL NOT NULL, timeline TEXT, scores TEXT, created_at REAL NOT NULL)")
             c.execute("CREATE INDEX IF NOT EXISTS versions_session ON versions (session_id)")
+            c.execute("CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at, id)")  # the listing
             c.execute("CREATE TABLE IF NOT EXISTS blobs (hash TEXT PRIMARY KEY, bytes INTEGER NOT NULL, "
                       "created_at REAL NOT NULL)")
 
@@ -212,6 +230,19 @@ class SQLiteSessionStore:
 
     def get(self, session_id: str) -> Session:
         return self._session(self._conn(), session_id, _now())
+
+    def list(self, limit: int, after: Position | None = None) -> list[SessionEntry]:
+        """Live sessions, newest first: up to `limit` of them after position `after`."""
+        now = _now()
+        where, args = "updated_at >= ?", [now - self.limits.ttl_s]
+        if after is not None:
+            where += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        rows = self._conn().execute(
+            f"SELECT id, name, current, created_at, updated_at, (SELECT COUNT(*) FROM versions v WHERE "
+            f"v.session_id = s.id) FROM sessions s WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*args, limit)).fetchall()
+        return [SessionEntry(Session(*r[:5], expires_at=r[4] + self.limits.ttl_s), r[5]) for r in rows]
 
     def versions(self, session_id: str) -> list[Version]:
         c = self._conn()

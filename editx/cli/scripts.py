@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+from editx.cli.engine_args import add_data_dir, add_engine_args, load_engine, read_audio
 from editx.errors import EditxError
+from editx.verify.cli import add_verify_args, verify_option
 
 
-def add_commands(sub, add_engine_args, add_data_dir) -> None:
+def add_script(sub) -> None:
     s = sub.add_parser("script", help="speak a multi-voice script: '[voice | type:value] text', '[pause 0.8]'")
     add_engine_args(s)
     add_data_dir(s)
@@ -28,7 +30,9 @@ def add_commands(sub, add_engine_args, add_data_dir) -> None:
     s.add_argument("--captions", type=Path, default=None, help="write captions (.srt or .vtt)")
     s.set_defaults(func=cmd_script)
 
-    se = sub.add_parser("session", help="edit sessions: new | edit | log | undo | export")
+
+def add_session(sub) -> None:
+    se = sub.add_parser("session", help="edit sessions: new | edit | list | log | undo | export")
     add_data_dir(se)
     ss = se.add_subparsers(dest="session_command", required=True)
     new = ss.add_parser("new", help="start a session from a clip (--audio) or a clone (--voice)")
@@ -39,6 +43,7 @@ def add_commands(sub, add_engine_args, add_data_dir) -> None:
     new.add_argument("--text", required=True, help="what the clip says (or the text to clone)")
     new.add_argument("--name", default=None)
     new.add_argument("--seed", type=int, default=None)
+    add_verify_args(new)
     ed = ss.add_parser("edit", help="edit a version (default: the current one); prints the new version")
     add_engine_args(ed)
     ed.add_argument("session")
@@ -48,6 +53,10 @@ def add_commands(sub, add_engine_args, add_data_dir) -> None:
     ed.add_argument("--text", default=None, help="paralinguistic: the transcript with tags")
     ed.add_argument("--iterations", type=int, default=1)
     ed.add_argument("--seed", type=int, default=None)
+    add_verify_args(ed)
+    ls = ss.add_parser("list", help="the sessions, newest first, a page at a time")
+    ls.add_argument("--limit", type=int, default=20, help="sessions per page (1-100)")
+    ls.add_argument("--cursor", default=None, help="where the previous page ended (it prints the next cursor)")
     for name, helptext in (("log", "the version tree"), ("undo", "make the current version's parent current")):
         ss.add_parser(name, help=helptext).add_argument("session")
     ex = ss.add_parser("export", help="write a version's audio (default: the current one)")
@@ -72,7 +81,6 @@ def _read_script(path: Path) -> str:
 
 def cmd_script(args: argparse.Namespace) -> int:
     from editx.audio.io import encode_audio
-    from editx.cli import _load_engine, _read_audio
     from editx.script.captions import CAPTION_FORMATS
     from editx.script.parse import parse_script
     from editx.script.render import ScriptRender, VoiceRef, plan_script
@@ -93,11 +101,11 @@ def cmd_script(args: argparse.Namespace) -> int:
             path, text = clips[label]
             if not path.is_file():
                 raise EditxError(f"--clip {label}: {path} does not exist")
-            return VoiceRef(label, None, _read_audio(path), text)
+            return VoiceRef(label, None, read_audio(path), text)
         registry = registry or make_voice_store(_settings(args))
         return voice_resolver(registry, mapping)(label)
 
-    with _load_engine(args) as engine:
+    with load_engine(args) as engine:
         plan = plan_script(items, engine, resolve, default_voice=args.voice, seed=args.seed, gap_s=args.gap)
         t0, parts, segments = time.perf_counter(), [], []
         for samples, seg in ScriptRender(engine, plan):
@@ -132,14 +140,18 @@ def cmd_session(args: argparse.Namespace) -> int:
         session, version = store.create(args.name or "", root)
         print(f"{session.id} {version.id}")
     elif command == "edit":
-        from editx.cli import _load_engine
-
         spec = service.EditSpec(args.type, args.info, args.text, args.iterations, args.seed)
         req, parent = service.edit_request(store, args.session, args.version, spec)
-        with _load_engine(args) as engine:
-            result = engine.run(req)
+        with load_engine(args) as engine:
+            result = engine.run(req, verify=verify_option(args, engine.config))
         v = service.record_edit(store, args.session, parent, req, result)
-        print(f"{v.id} (parent {v.parent}, seed {v.seed}, {v.duration_s:.2f} s)")
+        print(f"{v.id} (parent {v.parent}, seed {v.seed}, {v.duration_s:.2f} s)" + _scores_note(v.scores))
+    elif command == "list":
+        page = service.list_page(store, args.limit, args.cursor)
+        for d in page["data"]:
+            print(f"{d['id']}  {d['version_count']:3d} versions  current {d['current']}  {d['name']}")
+        if page["next_cursor"]:
+            print(f"more: --cursor {page['next_cursor']}")
     elif command == "log":
         _print_tree(service.describe(store, args.session))
     elif command == "undo":
@@ -156,21 +168,21 @@ def cmd_session(args: argparse.Namespace) -> int:
 
 
 def _new_root(args, voices):
-    from editx.cli import _load_engine, _read_audio
     from editx.pipeline.types import CloneRequest, PromptAudio
     from editx.sessions import service
 
     if args.audio is not None:
         if not args.audio.is_file():
             raise EditxError(f"audio {args.audio} does not exist")
-        return service.root_version("upload", args.text.strip(), _read_audio(args.audio))
+        return service.root_version("upload", args.text.strip(), read_audio(args.audio))
     voice = voices.get(args.voice)
     seed = args.seed if args.seed is not None else service.fresh_seed()
     req = CloneRequest(voices.audio(voice.id), voice.prompt_text, args.text, seed=seed, voice_id=voice.id)
-    with _load_engine(args) as engine:
-        result = engine.run(req)
+    with load_engine(args) as engine:
+        result = engine.run(req, verify=verify_option(args, engine.config))
+    seed, scores = service.outcome(req, result)
     return service.root_version("clone", req.text, PromptAudio(result.audio, result.sample_rate), seed=seed,
-                                timeline=result.timeline, voice_id=voice.id)
+                                timeline=result.timeline, voice_id=voice.id, scores=scores)
 
 
 def _print_tree(tree: dict) -> None:
@@ -182,10 +194,20 @@ def _print_tree(tree: dict) -> None:
         edit = v["edit"] or {}
         what = v["op"] if v["op"] != "edit" else f"edit {edit.get('type')}" + (f":{edit['info']}" if edit.get("info") else "")
         mark = "*" if vid == tree["current"] else " "
-        print(f"{mark} {'  ' * depth}{vid}  {what}  seed={v['seed']}  {v['duration_s']:.2f}s  \"{v['text'][:40]}\"")
+        print(f"{mark} {'  ' * depth}{vid}  {what}  seed={v['seed']}  {v['duration_s']:.2f}s  \"{v['text'][:40]}\""
+              + _scores_note(v["scores"]))
         for child in v["children"]:
             show(child, depth + 1)
 
     for v in tree["versions"]:
         if v["parent"] is None:
             show(v["id"], 0)
+
+
+def _scores_note(scores: dict | None) -> str:
+    """'  [verified wer=0.000 sim=0.871]' for a version made by a verified request, else ''."""
+    if not scores:
+        return ""
+    sim = "off" if scores.get("speaker_sim") is None else f"{scores['speaker_sim']:.3f}"
+    state = "verified" if scores.get("verified") else "NOT verified"
+    return f"  [{state} {scores.get('metric', 'wer')}={scores.get('error_rate', 1.0):.3f} sim={sim}]"
