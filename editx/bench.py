@@ -83,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of speech, e.g. 5,60: time to first audio vs full latency per text length "
                         "(streamed and offline, alternated; --all runs 5,60)")
     s.add_argument("--stream-text-runs", type=int, default=1, help="streamed + offline pairs per text length")
+    s.add_argument("--stream-sweep", default="", help="listener counts, e.g. 1,2,4,8: streams at once, "
+                   "scheduler off (fifo) vs on (fair), side by side (editx/bench_streams.py; a ~12 s text "
+                   "unless --text is given)")
+    s.add_argument("--stream-sweep-runs", type=int, default=3, help="waves per listener count and arm")
     s.add_argument("--verify-texts", type=int, default=0,
                    help="verification section: cost and retries over this many texts (needs editx[quality])")
     s.add_argument("--lm", action="store_true", help="LM tokens/s: ours vs HF-generate style vs bandwidth bound")
@@ -265,6 +269,13 @@ def run(args: argparse.Namespace) -> int:
             arms = [a for a in pool.arms if a is not main_arm] + [main_arm]  # A/B: both arms, point by point
             report["stream_texts"] = run_stream_texts(pool, arms, reqs, _csv_numbers(stream_texts),
                                                       runs=max(1, args.stream_text_runs), fixture=bool(fixture))
+        if args.stream_sweep:
+            from editx import bench_streams
+
+            report["stream_sweep"] = bench_streams.run_stream_sweep(
+                pool, main_arm, reqs, _csv_numbers(args.stream_sweep, int), runs=max(1, args.stream_sweep_runs),
+                fixture=bool(fixture), text=None if args.text == DEFAULT_TEXT else args.text)
+            print(bench_streams.markdown(report["stream_sweep"]))
         if args.verify_texts > 0:
             from editx.bench_verify import run_verify_section
 

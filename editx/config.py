@@ -104,6 +104,9 @@ class EngineConfig:
     max_streams: int = 32  # streaming requests open at once; more get StreamLimitError (429)
     stream_buffer_s: float = 30.0  # unread audio (s) that pauses a stream between rounds; 4x cancels it
     stream_stall_s: float = 120.0  # a paused stream whose reader reads nothing this long is cancelled
+    # which job's next unit runs (pipeline/stream_schedule.py): "fair" (new streams' first audio early,
+    # playing streams ahead of their listeners, offline work in the gaps) or "fifo" (admission order)
+    stream_schedule: str = "fair"
     stuck_after_s: float = 120.0  # health(): the worker is stuck after this long without progress
     close_grace_s: float = 30.0  # close(): how long admitted requests may still finish
     warmup: bool = True
@@ -156,6 +159,8 @@ class EngineConfig:
         if not rows or any(not isinstance(r, int) or r < 6 or r % 3 for r in rows):
             raise ValidationError(f"stream_chunk_rows must be multiples of 3 flow rows, each >= 6, got {rows}")
         object.__setattr__(self, "stream_chunk_rows", rows)
+        if self.stream_schedule not in ("fair", "fifo"):
+            raise ValidationError(f"stream_schedule must be fair or fifo, got {self.stream_schedule!r}")
         if self.stream_noise not in STREAM_NOISE:
             raise ValidationError(f"stream_noise must be one of {', '.join(STREAM_NOISE)}, got {self.stream_noise!r}")
         if self.segment_max_chars is not None and self.segment_max_chars < 20:
@@ -255,6 +260,7 @@ ENV_TABLE: dict[str, EnvVar] = {
     "EDITX_MAX_STREAMS": EnvVar(int, engine="max_streams"),
     "EDITX_STREAM_BUFFER_S": EnvVar(float, engine="stream_buffer_s"),
     "EDITX_STREAM_STALL_S": EnvVar(float, engine="stream_stall_s"),
+    "EDITX_STREAM_SCHEDULE": EnvVar(str, engine="stream_schedule"),
     "EDITX_STUCK_AFTER_S": EnvVar(float, engine="stuck_after_s"),
     "EDITX_CLOSE_GRACE_S": EnvVar(float, engine="close_grace_s"),
     "EDITX_LITE_SEARCH_PROBES": EnvVar(int, engine="lite_search_probes"),

@@ -35,6 +35,8 @@ class FakeBackend:
     sample_rate = SR
     native_speed = True
     segments_text = False
+    unit_rounds = False  # a round runs whole parts
+    unit_prior = (0.25, 1.0)
     edit_window_s = None
 
     def __init__(self, *, seconds_per_job: float = 0.25, gate: threading.Event | None = None,

@@ -157,8 +157,8 @@ def test_lite_streams_each_piece_as_rendered(tmp_path):
 
     from editx.lite import kokoro
     from editx.lite.backend import LiteBackend
-    from editx.lite.engine_backend import LiteEngineBackend
-    from editx.lite.phonemes import EnglishG2P, Vocab
+    from editx.lite.engine_backend import UNIT_CAP_PHONEMES, LiteEngineBackend, cut_units
+    from editx.lite.phonemes import FIRST_PIECE_PHONEMES, EnglishG2P, Vocab
     from editx.pipeline.engine import Engine
 
     g2p = EnglishG2P(Vocab.from_json(kokoro.load_vocab_json()))
@@ -166,7 +166,7 @@ def test_lite_streams_each_piece_as_rendered(tmp_path):
     backend = LiteEngineBackend(EngineConfig(), lite)
     backend.encode_prompt = lambda audio, timeline=None: lite.voice("v1")  # no speaker model in this test
     text = " ".join(f"This is sentence number {number_words(i)}." for i in range(60))
-    pieces = g2p.pieces(text)
+    pieces = cut_units(g2p.pieces(text), FIRST_PIECE_PHONEMES, UNIT_CAP_PHONEMES)  # one round each
     with Engine(EngineConfig(cache_enabled=False), backend) as eng:
         req = CloneRequest(speechlike(), "hello", text, seed=1)
         offline = eng.run(req)
@@ -176,4 +176,6 @@ def test_lite_streams_each_piece_as_rendered(tmp_path):
     assert stream.result.audio.size == 0 and stream.result.duration_s == offline.duration_s  # no copy kept
     assert 0 < stream.result.timeline["ttfa_s"] < stream.result.timeline["total_s"]
     np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), offline.audio)
-    np.testing.assert_array_equal(offline.audio, lite.synthesize(text, lite.voice("v1")))
+    rendered = [a for _, a in lite.render_pieces(pieces, lite.voice("v1").table, 1.0)]
+    np.testing.assert_array_equal(offline.audio, np.concatenate(rendered))
+    assert len(g2p.pieces(text)) < len(pieces) and max(map(len, pieces)) <= UNIT_CAP_PHONEMES

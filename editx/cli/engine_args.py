@@ -24,7 +24,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--redis-url", default=None, help="shared cache tier (env EDITX_REDIS_URL)")
     g.add_argument("--no-warmup", action="store_true")
     g.add_argument("--stream-chunk-rows", type=_int_list, default=None, metavar="N,N,...",
-                   help="flow rows per streamed chunk, first then next (last repeats; 1 row = 40 ms; default 15,24,48)")
+                   help="flow rows per streamed chunk, first then next (last repeats; 1 row = 40 ms; default 6,24,48; "
+                        "upstream: 15,24,48)")
     g.add_argument("--no-stream-prime", action="store_true",
                    help="redo the prompt side of the streaming flow per request, as upstream (default: once per voice)")
     g.add_argument("--exact-flow", action="store_true",

@@ -119,7 +119,7 @@ class LiteBackend:
             return base
 
     def _probe_embedding(self, table: np.ndarray) -> np.ndarray:
-        audio = np.concatenate([a for _, a in self._render(self.g2p.pieces(matching.PROBE_TEXT), table, 1.0)])
+        audio = np.concatenate([a for _, a in self.render_pieces(self.g2p.pieces(matching.PROBE_TEXT), table, 1.0)])
         return self.speaker.embed(audio, SAMPLE_RATE)
 
     def encode_voice(self, samples: np.ndarray, sample_rate: int, *, max_probes: int = matching.MAX_PROBES,
@@ -189,6 +189,12 @@ class LiteBackend:
         """`synthesize` piece by piece, each rendered when asked for: (piece text, its audio with the
         pause before it). Concatenated, the audio is `synthesize`'s. Bad input fails here, before any
         piece is rendered."""
+        pieces, table = self.plan_synthesis(text, voice_enc, speed=speed, language=language)
+        return self.render_pieces(pieces, table, speed)
+
+    def plan_synthesis(self, text: str, voice_enc: VoiceEncoding | None = None, *, speed: float = 1.0,
+                       language: str | None = None) -> tuple[list[str], np.ndarray]:
+        """The checks and G2P of `iter_synthesize`: (phoneme pieces, the voice's style table)."""
         if not isinstance(text, str) or not text.strip():
             raise ValidationError("text to synthesize is empty")
         lo, hi = kokoro.SPEED_RANGE
@@ -201,9 +207,11 @@ class LiteBackend:
         pieces = g2p.pieces(text)
         if not pieces:
             raise ValidationError(f"nothing pronounceable in text {text[:80]!r}")
-        return self._render(pieces, table, speed)
+        return pieces, table
 
-    def _render(self, pieces: list[str], table: np.ndarray, speed: float) -> Iterator[tuple[str, np.ndarray]]:
+    def render_pieces(self, pieces: list[str], table: np.ndarray,
+                      speed: float) -> Iterator[tuple[str, np.ndarray]]:
+        """Each piece's audio when asked for (trimmed, with the pause before it), as `iter_synthesize`."""
         vocab = self.g2p.vocab
         if len(pieces) == 1:  # one piece keeps its edges
             yield pieces[0], self.session.run(vocab.encode(pieces[0]), table, speed)
@@ -212,6 +220,8 @@ class LiteBackend:
         for k, piece in enumerate(pieces):
             audio = _trim_edges(self.session.run(vocab.encode(piece), table, speed))
             yield piece, (np.concatenate([gap, audio]) if k else audio)
+
+    _render = render_pieces  # (the name bench_voices knows it by)
 
     # --- edits --------------------------------------------------------------------------------
 

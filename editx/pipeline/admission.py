@@ -92,9 +92,22 @@ class WorkQueue:
             calls, self._calls = list(self._calls), deque()
         return calls
 
-    def take_jobs(self, n: int) -> list[Job]:
+    def take_jobs(self, n: int, streams: int = 0) -> list[Job]:
+        """Up to `n` waiting jobs in admission order and, besides them, up to `streams` streaming
+        jobs from anywhere in the queue (a scheduler that interleaves streams holds them all)."""
         with self._cv:
-            return [self._jobs.popleft() for _ in range(min(n, len(self._jobs)))]
+            taken, kept = [], deque()
+            for job in self._jobs:
+                if streams > 0 and job.emit is not None:
+                    streams -= 1
+                    taken.append(job)
+                elif n > 0:
+                    n -= 1
+                    taken.append(job)
+                else:
+                    kept.append(job)
+            self._jobs = kept
+            return taken
 
     def wait(self, timeout: float | None) -> None:
         """Sleep until there is something to take, the queue closes, or `timeout` passes."""

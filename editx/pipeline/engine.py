@@ -35,6 +35,7 @@ from editx.errors import CancelledError, EngineClosedError, StreamBackpressureEr
 from editx.pipeline.admission import WorkQueue
 from editx.pipeline.job import AudioStream, ChunkBuffer, Job
 from editx.pipeline.rounds import Rounds
+from editx.pipeline.scheduler import StreamScheduler
 from editx.pipeline.types import (
     AudioChunk,
     CloneRequest,
@@ -65,6 +66,10 @@ class Backend(Protocol):
     native_speed: bool  # True: the clone round honours `speed` itself; False: a speed edit is appended
     segments_text: bool  # True: the Engine splits long clone texts into sentence segments
     edit_window_s: float | None  # clips longer than this are edited in parts (None: any length)
+    # True: a round runs one unit (e.g. a piece) of each job and sets job.yielded while more remain,
+    # so the Engine picks whose unit runs next (stream_schedule); False: a round runs whole parts
+    unit_rounds: bool
+    unit_prior: tuple[float, float]  # (seconds per unit size before any was measured, a first unit's size)
     cache: Any  # set by the Engine: its prompt cache (backends keep memory-only attachments there)
 
     def fingerprint(self) -> str: ...
@@ -91,7 +96,9 @@ class Engine:
         self._q = WorkQueue(config.queue_size, config.max_streams, config.max_batch)
         self._active: list[Job] = []  # the worker's jobs, settled ones pruned after every round
         self._deadline: float | None = None  # set by close(): drain until then, then fail the rest
-        self._rounds = Rounds(config, backend, cache, self._q.beat)
+        joiners = None if backend.unit_rounds or config.stream_schedule != "fair" else self._joiners
+        self._rounds = Rounds(config, backend, cache, self._q.beat, joiners)
+        self._sched = StreamScheduler(config.stream_schedule, backend.sample_rate, *backend.unit_prior)
         self.ready = False
         self._worker = threading.Thread(target=self._run_worker, name="editx-worker", daemon=True)
         self._worker.start()
@@ -305,7 +312,10 @@ class Engine:
                     break
                 batch = self._next_batch()
                 if batch:
+                    t0 = time.perf_counter()
                     self._rounds.run(batch)
+                    if self.backend.unit_rounds and len(batch) == 1:
+                        self._sched.measured(batch[0], time.perf_counter() - t0)
                     self._active[:] = [j for j in self._active if not j.future.done()]
                 else:
                     self._q.wait(PARKED_POLL_S if self._active else None)
@@ -340,10 +350,24 @@ class Engine:
         solo = next((j for j in runnable if j.solo), None)
         if solo is not None:
             return [solo]
-        batch = runnable[: self.config.max_batch]
+        if self.backend.unit_rounds:  # hold every stream and up to max_batch others; run one unit
+            offline = sum(j.emit is None for j in runnable)
+            new = self._q.take_jobs(max(0, self.config.max_batch - offline), streams=self.config.max_streams)
+            self._active.extend(new)
+            return self._sched.order(runnable + new, 1)
+        batch = self._sched.order(runnable, self.config.max_batch)
         new = self._q.take_jobs(self.config.max_batch - len(batch))
         self._active.extend(new)
         return batch + new
+
+    def _joiners(self, n: int) -> list[Job]:
+        """Up to `n` streams waiting in the queue, to join the round under way (a backend that
+        decodes step by step asks between steps): a new listener need not wait for the round's end."""
+        if self._deadline is not None:  # closing: admitted work drains round by round
+            return []
+        new = self._q.take_jobs(0, streams=n)
+        self._active.extend(new)
+        return new
 
     def _fail_everything(self, exc: EngineClosedError) -> None:
         jobs, calls = self._q.drain()

@@ -62,6 +62,7 @@ class Job:
     lm_tokens: int = 0
     rounds: list[dict[str, Any]] = field(default_factory=list)
     enqueued_at: float = field(default_factory=time.perf_counter)
+    admitted_at: float = field(default_factory=time.monotonic)
     # long-form: the current step cut into parts (text segments or clip parts), one round each
     parts: list[tuple[Step, PromptAudio | None]] | None = None
     part: int = 0
@@ -70,6 +71,14 @@ class Job:
     flow_prime: tuple[Any, Any] | None = None  # (prompt encoding, the backend's streaming prime for it)
     chunks: int = 0  # AudioChunks emitted so far
     emitted_samples: int = 0  # samples in those chunks
+    # unit-by-unit rounds (a backend with `unit_rounds`; the Engine's scheduler picks whose unit runs)
+    units: Any = None  # the backend's state of the current part between units (None: not started)
+    yielded: bool = False  # the last round ran one unit of the part and more remain
+    next_unit: tuple[str, float] | None = None  # (kind, size) of the next unit, when the backend knows it
+    ran_unit: tuple[str, float] | None = None  # (kind, size) of the unit the last round ran
+    unit_share: int = 1  # new streams starting together: a first unit is cut this many times smaller
+    first_audio_at: float | None = None  # monotonic time its first streamed audio went out
+    last_unit_at: float | None = None  # monotonic time its last round ended
     _joiner: StreamJoiner | None = None
     _joined: list[np.ndarray] = field(default_factory=list)
 
@@ -143,6 +152,7 @@ class Job:
         if self.streaming and (samples.size or final):
             if self.chunks == 0:
                 self.timeline.mark("first_audio")
+                self.first_audio_at = time.monotonic()
             self.emit(AudioChunk(samples, self.sample_rate, index=self.chunks, final=final))
             self.chunks += 1
             self.emitted_samples += samples.size

@@ -26,9 +26,23 @@ from editx.telemetry.timing import Timeline
 log = logging.getLogger(__name__)
 
 
+class RoundJobs(list):
+    """The jobs of one backend round. A backend that decodes step by step may call `join(n)` between
+    steps: up to n more jobs (streams waiting to start), prepared and appended to this list."""
+
+    def __init__(self, jobs, join: Callable[[int], list[Job]] | None = None) -> None:
+        super().__init__(jobs)
+        self._join = join
+
+    def join(self, n: int) -> list[Job]:
+        return self._join(n) if self._join is not None and n > 0 else []
+
+
 class Rounds:
-    def __init__(self, config: EngineConfig, backend, cache, beat: Callable[[], None]) -> None:
+    def __init__(self, config: EngineConfig, backend, cache, beat: Callable[[], None],
+                 joiners: Callable[[int], list[Job]] | None = None) -> None:
         self.config, self.backend, self.cache, self.beat = config, backend, cache, beat
+        self.joiners = joiners  # up to n more jobs that may join a round under way (the Engine's streams)
 
     def cached_encoding(self, audio: PromptAudio, timeline: Timeline | None = None, *, force: bool = False,
                          key: str | None = None):
@@ -52,21 +66,33 @@ class Rounds:
         round raises as a whole, its unsettled jobs are retried one by one (solo), from the
         generator state they had, so whoever caused it fails alone and the others give exactly
         their solo result; a job that already streamed audio this round cannot be retried and fails."""
-        ready: list[Job] = []
-        for job in jobs:
-            try:
-                if job.parts is None:
-                    self._plan_parts(job)
-                self._prepare(job)
-                job.cache_wait_since = None
-                ready.append(job)
-            except CacheBusy:
-                job.cache_wait_since = job.cache_wait_since or time.monotonic()
-            except BaseException as exc:  # noqa: BLE001 - one bad request never stops the worker
-                job.fail(exc)
+        saved: dict[int, tuple] = {}
+
+        def prepared(candidates: list[Job]) -> list[Job]:
+            out = []
+            for job in candidates:
+                try:
+                    if job.parts is None:
+                        self._plan_parts(job)
+                    self._prepare(job)
+                    job.cache_wait_since = None
+                    out.append(job)
+                    saved[id(job)] = (job.generator.get_state(), job.lm_tokens, len(job.rounds), job.chunks,
+                                      job.output)
+                except CacheBusy:
+                    job.cache_wait_since = job.cache_wait_since or time.monotonic()
+                except BaseException as exc:  # noqa: BLE001 - one bad request never stops the worker
+                    job.fail(exc)
+            return out
+
+        def join(n: int) -> list[Job]:  # streams joining mid-round (a parked one waits for the next round)
+            joined = prepared(self.joiners(n)) if self.joiners is not None else []
+            ready.extend(joined)
+            return joined
+
+        ready = RoundJobs(prepared(jobs), join)
         if not ready:
             return
-        saved = {id(j): (j.generator.get_state(), j.lm_tokens, len(j.rounds), j.chunks, j.output) for j in ready}
         settled: set[int] = set()
 
         def done(job: Job) -> None:  # the backend calls this as soon as a job's round is over
@@ -93,7 +119,8 @@ class Rounds:
                 del job.rounds[n_rounds:]
             return
         for job in ready:
-            done(job)
+            if not job.yielded:  # (a yielded job ran one unit of its part; more remain)
+                done(job)
 
     def _advance(self, job: Job) -> None:
         """After a round: close the part (and the step), settle a finished request, or point the job
