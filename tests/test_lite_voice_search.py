@@ -197,24 +197,24 @@ def test_search_out_of_time_keeps_the_blend_and_says_so(backend, caplog):
 
 
 @pytest.mark.slow
-def test_default_search_beats_or_keeps_the_blend_and_survives_the_cache_form(backend):
+def test_search_beats_or_keeps_the_blend_and_survives_the_cache_form(backend):
     from editx.config import EngineConfig
     from editx.lite.backend import SEARCH_PROBES
     from editx.lite.voice import VoiceEncoding
 
     ref, sr = _reference()
     blend = backend.encode_voice(ref, sr, max_probes=0, search_probes=0)
-    # the default path searches (the backend's probe count; no time limit here, so it is deterministic)
-    enc = backend.encode_voice(ref, sr, max_probes=0, search_budget_s=math.inf)
-    assert SEARCH_PROBES == EngineConfig().lite_search_probes == backend.search_probes > 1
-    assert enc.search_probes == SEARCH_PROBES and not enc.out_of_time
+    # the recommended opt-in search (8 probes; no time limit here, so it is deterministic)
+    assert SEARCH_PROBES == EngineConfig().lite_search_probes == backend.search_probes == 0  # default: blend
+    enc = backend.encode_voice(ref, sr, max_probes=0, search_probes=8, search_budget_s=math.inf)
+    assert enc.search_probes == 8 and not enc.out_of_time
     # never below the blend (up to float32 rounding of the cosine: Kokoro's threads may sum in another order)
     assert enc.similarity >= blend.similarity - 1e-5
     if enc.offset is not None:
         np.testing.assert_array_equal(enc.table[:, 128:], blend.table[:, 128:])
     again = VoiceEncoding.from_tensors(*enc.to_tensors())
     np.testing.assert_array_equal(again.table, enc.table)
-    assert again.search_probes == SEARCH_PROBES and again.out_of_time is False
+    assert again.search_probes == 8 and again.out_of_time is False
     if enc.offset is not None:
         np.testing.assert_array_equal(again.offset, enc.offset)
 

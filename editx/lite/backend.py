@@ -42,7 +42,7 @@ MIN_SPEECH_S = 0.5  # a prompt needs at least this much voice in it (Silero VAD)
 # (the encoding is cached). A short search is the default: on real people 8 probes (the blend
 # re-scored + 7 candidates around it) raised the held-out similarity, long searches over-fit the
 # probe (docs/PERFORMANCE.md). ~0.5 s a probe on 2 free cores; 25 s bounds it on a busy machine.
-SEARCH_PROBES = 8
+SEARCH_PROBES = 0
 SEARCH_BUDGET_S = 25.0
 
 
