@@ -106,6 +106,9 @@ class WrongWords:
     def iter_synthesize(self, text, voice=None, speed=1.0):
         return self._lite.iter_synthesize(self._text(text), voice, speed=speed)
 
+    def plan_synthesis(self, text, voice_enc=None, **kw):  # what the engine backend calls (a piece per round)
+        return self._lite.plan_synthesis(self._text(text), voice_enc, **kw)
+
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
