@@ -128,6 +128,7 @@ def test_a_local_start_gives_the_proxy_time_and_retries_a_slow_raylet(monkeypatc
     monkeypatch.setattr(ray, "init", fake_init)
     assert start_ray(ClusterOptions(ray_num_cpus=2, health_check_timeout_s=77)) == "local"
     assert len(calls) == 2 and calls[1]["num_cpus"] == 2
+    assert calls[1]["_system_config"]["worker_niceness"] == 0  # replicas are not starved beside busy processes
     assert float(os.environ[PROXY_TIMEOUT_ENV[0]]) == 77 and os.environ[PROXY_TIMEOUT_ENV[1]] == "500"
     monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(Exception("port 6379 in use")))
     with pytest.raises(Exception, match="port 6379 in use"):  # anything else is not retried

@@ -244,6 +244,11 @@ PROXY_TIMEOUT_ENV = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_H
 LOCAL_START_LIMIT_S = 300.0
 
 
+# Ray starts its workers (our replicas) at nice 15: beside any other busy process on the host they
+# get a few percent of a core and time out. A local instance serves editx alone, so they run at 0.
+LOCAL_RAY_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
 def start_ray(options: ClusterOptions, *, log_to_driver: bool = True, start_limit_s: float = LOCAL_START_LIMIT_S) -> str:
     """Join the cluster at --ray-address/RAY_ADDRESS, or start a local Ray instance; returns which."""
     import ray
@@ -260,7 +265,7 @@ def start_ray(options: ClusterOptions, *, log_to_driver: bool = True, start_limi
     while True:
         try:
             ray.init(num_cpus=options.ray_num_cpus or os.cpu_count(), include_dashboard=False,
-                     log_to_driver=log_to_driver)
+                     log_to_driver=log_to_driver, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
             return "local"
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this one
             ray.shutdown()

@@ -96,13 +96,13 @@ def bench_replicas(config, *, counts: tuple[int, ...] = (1, 2), requests: int = 
     import ray
     from ray import serve
 
-    from editx.server.cluster import ClusterOptions, build_app
+    from editx.server.cluster import LOCAL_RAY_SYSTEM_CONFIG, ClusterOptions, build_app
     from editx.server.settings import ServerSettings
 
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=ray_num_cpus or max(1, int(max(counts) * replica_cpus)), include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows = []
